@@ -1,0 +1,88 @@
+# longwatch — `make help` lists the targets. Every target sets up what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.7.1
+MAMBA_SSM_VERSION ?= 2.3.2.post1
+
+DATA ?= data/synthetic
+EXP ?= ma2mba/tiny
+OUT ?= runs/$(EXP)
+CKPT ?=
+ARGS ?=
+RUNS ?= runs
+
+.PHONY: help install test test-slow test-gpu test-slurm data train eval report leaderboard bench bench-data bench-gpu bench-memory slurm clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: EXP=$(EXP) OUT=$(OUT) DATA=$(DATA) CKPT= ARGS='key=value ...'"
+
+install: $(VENV)/.installed ## make .venv and install longwatch editable with its dev extra
+
+# A torch the interpreter already has (a CUDA build on a GPU box) is reused with its own triton;
+# otherwise the CPU wheel is pinned, so no install ever pulls a multi-GB CUDA build onto a CPU machine.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@if python3 -c "import torch" 2>/dev/null; then \
+	  echo "reusing the interpreter's torch $$(python3 -c 'import torch; print(torch.__version__)')"; \
+	  python3 -m venv --system-site-packages $(VENV); \
+	else \
+	  python3 -m venv $(VENV) && $(PIP) install -q --upgrade pip && \
+	  $(PIP) install -q torch==$(TORCH_VERSION) triton==$(TRITON_VERSION) numpy; \
+	fi
+	$(PIP) install -q -e '.[dev]'
+	@# mamba_ssm as a test oracle only: pure Python, no CUDA build (its kernels are never run on a CPU).
+	@if $(PY) -c "import torch,sys; sys.exit(torch.cuda.is_available())"; then \
+	  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(PIP) install -q --no-build-isolation --no-deps mamba-ssm==$(MAMBA_SSM_VERSION); fi
+	@touch $@
+
+test: install ## run the CPU test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-slow: install ## run the slow CPU tier
+	$(PY) -m pytest -q -m slow
+
+test-gpu: install ## run the GPU tier (needs CUDA)
+	$(PY) -m pytest -q -m gpu
+
+test-slurm: install ## start a local Slurm cluster and run the multi-node tests
+	$(PY) -m pytest -q -m slurm
+
+data: $(DATA)/world.json ## generate the default synthetic long-video world into DATA
+
+$(DATA)/world.json: | install
+	$(PY) -m datamodules.synthetic --out $(DATA) --seed 0
+
+train: data ## fit EXP (default ma2mba/tiny) on the default data, test it and write OUT/report
+	$(PY) -m experiments.run fit --exp $(EXP) --out $(OUT) $(ARGS)
+
+eval: install ## test EXP from CKPT (default OUT/checkpoints/last.ckpt) and write the report
+	$(PY) -m experiments.run test --exp $(EXP) --out $(OUT) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+
+report: install ## rebuild OUT/report from a finished run
+	$(PY) -m experiments.run report --out $(OUT)
+
+leaderboard: install ## tabulate every report under RUNS (default runs/)
+	$(PY) -m experiments.report --leaderboard $(RUNS)
+
+bench: install ## CPU kernel benchmarks (SSD scan vs peers), results kept under kernels/benchmarks/results
+	$(PY) -m kernels.benchmarks.ssd --suite cpu
+
+bench-data: install ## synthetic-world generation speed and loader throughput
+	$(PY) -m datamodules.benchmarks
+
+bench-gpu: install ## GPU tests and kernel benchmarks in one script (writes results under $OUT)
+	bash kernels/benchmarks/gpu_check.sh
+
+bench-memory: install ## MA-GC training-step memory sweep (none/layer/sqrt/ma_gc, S = 2^10..2^18)
+	$(PY) -m experiments.bench_memory --sweep
+
+slurm: install ## submit EXP to Slurm: NODES=N GPUS_PER_NODE=G [PARTITION=p] [TIME=hh:mm:ss] [DRY_RUN=1]
+	@echo "make slurm: not available yet — the Slurm launcher (issue 7) has not landed" >&2; exit 1
+
+clean: ## remove the virtualenv and build leftovers (keeps data/ and runs/)
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,19 @@
+"""Test tiers: `make test` runs the CPU tier; `gpu`, `slow` and `slurm` tiers run on demand."""
+import os
+
+import pytest
+import torch
+
+# Deterministic, quiet, offline: no test may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
