@@ -15,6 +15,10 @@ OUT ?= runs/$(EXP)
 CKPT ?=
 ARGS ?=
 RUNS ?= runs
+NODES ?= 1
+GPUS_PER_NODE ?= 8
+PARTITION ?=
+TIME ?= 04:00:00
 
 .PHONY: help install test test-slow test-gpu test-slurm data train eval report leaderboard bench bench-data bench-gpu bench-memory slurm clean
 
@@ -81,8 +85,9 @@ bench-gpu: install ## GPU tests and kernel benchmarks in one script (writes resu
 bench-memory: install ## MA-GC training-step memory sweep (none/layer/sqrt/ma_gc, S = 2^10..2^18)
 	$(PY) -m experiments.bench_memory --sweep
 
-slurm: install ## submit EXP to Slurm: NODES=N GPUS_PER_NODE=G [PARTITION=p] [TIME=hh:mm:ss] [DRY_RUN=1]
-	@echo "make slurm: not available yet — the Slurm launcher (issue 7) has not landed" >&2; exit 1
+slurm: install ## submit EXP to Slurm: NODES=N GPUS_PER_NODE=G (0: CPU/gloo) [PARTITION=p] [TIME=hh:mm:ss] [DRY_RUN=1] [WAIT=1]
+	$(PY) -m experiments.slurm.submit --exp $(EXP) --out $(OUT) --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) \
+	  --time $(TIME) $(if $(PARTITION),--partition $(PARTITION)) $(if $(DRY_RUN),--dry-run) $(if $(WAIT),--wait) $(ARGS)
 
 clean: ## remove the virtualenv and build leftovers (keeps data/ and runs/)
 	rm -rf $(VENV) build *.egg-info .pytest_cache

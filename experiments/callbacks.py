@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -30,20 +32,25 @@ class SaveOnSignal(L.Callback):
     """SIGTERM or SIGUSR1 during fit: finish the current step, save `path`, exit cleanly.
 
     Lightning turns SIGTERM into a SIGTERMException at the next step boundary; we route SIGUSR1
-    (what Slurm sends before a time limit, `--signal=USR1@90`) the same way when Lightning's own
-    Slurm requeue handler is not installed, and save the checkpoint that `fit --ckpt` resumes.
+    (what Slurm sends before a time limit, `--signal=USR1@90`) the same way and save the checkpoint
+    that `fit --ckpt` resumes. Under Slurm, a USR1 also requeues the job (rank 0), and the job script
+    resumes from `path`. (Lightning's own Slurm handler is turned off in run.py: it saves from inside
+    the signal handler, possibly mid-step; we save at a step boundary.)
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._previous = None
+        self._signum = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         connector = trainer._signal_connector
-        current = signal.getsignal(signal.SIGUSR1)
-        if current in (signal.SIG_DFL, signal.SIG_IGN, None):  # nobody (e.g. Slurm auto-requeue) owns it
-            self._previous = current
-            signal.signal(signal.SIGUSR1, lambda signum, frame: connector._sigterm_notifier_fn(signum, frame))
+
+        def on_usr1(signum, frame):
+            self._signum = signum
+            connector._sigterm_notifier_fn(signum, frame)
+
+        self._previous = signal.signal(signal.SIGUSR1, on_usr1)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -53,8 +60,35 @@ class SaveOnSignal(L.Callback):
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
             log.info("signal received: saved %s at global step %d; resume with fit --ckpt %s", self.path, trainer.global_step, self.path)
+            job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            job = job or os.environ.get("SLURM_JOB_ID")
+            if self._signum == signal.SIGUSR1 and job and trainer.is_global_zero:
+                log.info("requeueing Slurm job %s", job)
+                subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
 
     def _restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGUSR1, self._previous)
             self._previous = None
+
+
+class WeightChecksum(L.Callback):
+    """At the end of fit each rank writes `dir/rank<k>.txt`: its global step and a hash of its weights.
+
+    Under DDP every rank must end with identical weights; comparing these files catches a rank that
+    diverged or never trained, without loading checkpoints.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        line = f"rank={trainer.global_rank} world_size={trainer.world_size} global_step={trainer.global_step} sha256={digest.hexdigest()}\n"
+        (self.directory / f"rank{trainer.global_rank}.txt").write_text(line)

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from experiments import config as config_lib
 from experiments import papers, report
-from experiments.callbacks import FiniteLossGuard, SaveOnSignal
+from experiments.callbacks import FiniteLossGuard, SaveOnSignal, WeightChecksum
 
 log = logging.getLogger("longwatch")
 
@@ -155,6 +155,7 @@ def _build(cfg: Any, out: Path, log_as: str, write_config: bool = True):
 def _trainer(cfg: Any, out: Path, log_as: str) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -166,7 +167,9 @@ def _trainer(cfg: Any, out: Path, log_as: str) -> L.Trainer:
         **cfg.trainer.lightning_kwargs(),
         default_root_dir=out,
         logger=CSVLogger(out, name="logs", version=_log_version(out / "logs", log_as)),
-        callbacks=[FiniteLossGuard(), SaveOnSignal(out / "checkpoints" / "last.ckpt"), checkpoint],
+        callbacks=[FiniteLossGuard(), SaveOnSignal(out / "checkpoints" / "last.ckpt"), WeightChecksum(out / "checksums"), checkpoint],
+        # SaveOnSignal owns preemption (save at a step boundary, then requeue), not Lightning's handler
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
     )
 
 
