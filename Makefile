@@ -59,7 +59,7 @@ test-slurm: install ## start a local Slurm cluster and run the multi-node tests
 data: $(DATA)/world.json ## generate the default synthetic long-video world into DATA
 
 $(DATA)/world.json: | install
-	$(PY) -m datamodules.synthetic --out $(DATA) --seed 0
+	$(PY) -m datamodules.synthetic --out $(DATA) --videos 400 --seed 0 --feats
 
 train: data ## fit EXP (default ma2mba/tiny) on the default data, test it and write OUT/report
 	$(PY) -m experiments.run fit --exp $(EXP) --out $(OUT) $(ARGS)

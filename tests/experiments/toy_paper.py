@@ -69,16 +69,30 @@ class ToyData(L.LightningDataModule):
         self.batch_size = cfg.batch_size
 
     def train_dataloader(self):
-        def batches_for_epoch(epoch):  # order is a pure function of (seed, epoch): resumable mid-epoch
-            g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=g)
-
-        return ResumableLoader(batches_for_epoch, lambda: self.trainer, length=len(batches_for_epoch(0)))
+        return ResumableLoader(_EpochSeeded(self), lambda: self.trainer)
 
     def val_dataloader(self):
         return DataLoader(self.dataset, batch_size=self.batch_size)
 
     test_dataloader = val_dataloader
+
+
+class _EpochSeeded:
+    """Batches in an order that is a pure function of (seed, epoch), like the shard streams."""
+
+    def __init__(self, data: ToyData):
+        self.data = data
+
+    def _loader(self):
+        epoch = self.data.trainer.current_epoch
+        g = torch.Generator().manual_seed(self.data.seed * 1000 + epoch)
+        return DataLoader(self.data.dataset, batch_size=self.data.batch_size, shuffle=True, generator=g)
+
+    def __iter__(self):
+        return iter(self._loader())
+
+    def __len__(self):
+        return len(self._loader())
 
 
 def build(cfg):
