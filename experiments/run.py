@@ -130,6 +130,8 @@ def predict(cfg: Any, out: Path, ckpt: str) -> None:
 
 def _test_and_report(cfg, out: Path, module, datamodule, trainer) -> None:
     trainer.test(module, datamodule)
+    if not trainer.is_global_zero:  # metrics are already synced across ranks; one writer
+        return
     metrics = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     fig_dir = out / "report"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ case "${1:-}" in
   stop)
     pkill -x slurmd 2>/dev/null || true
     pkill -x slurmctld 2>/dev/null || true
-    for _ in $(seq 1 20); do pgrep -x 'slurmd|slurmctld' >/dev/null || break; sleep 0.25; done
+    for _ in $(seq 1 20); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.25; done
     rm -rf "$DIR/state"
     echo "local_cluster: stopped"
     ;;
