@@ -74,7 +74,7 @@ leaderboard: install ## tabulate every report under RUNS (default runs/)
 	$(PY) -m experiments.report --leaderboard $(RUNS)
 
 bench: install ## CPU kernel benchmarks (SSD scan vs peers), results kept under kernels/benchmarks/results
-	$(PY) -m kernels.benchmarks.ssd --suite cpu
+	$(PY) -m kernels.benchmarks.ssd --suite cpu --threads 1
 
 bench-data: install ## synthetic-world generation speed and loader throughput
 	$(PY) -m datamodules.benchmarks

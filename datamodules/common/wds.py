@@ -291,7 +291,7 @@ class ShardStream(IterableDataset):
             quota = len(range(worker, self.num_batches, workers))
         else:
             raw, quota = self._eval_raw(slot, slots), None
-        batches = _batched(self._items(raw), self.cfg.batch_size, drop_last=self.train)
+        batches = _batched(self._items(raw, (self.cfg.seed, self.epoch, slot)), self.cfg.batch_size, drop_last=self.train)
         for count, batch in enumerate(batches):
             if quota is not None and count >= quota:
                 return
@@ -313,8 +313,11 @@ class ShardStream(IterableDataset):
                     yield item
                 index += 1
 
-    def _items(self, raw: Iterable[RawSample | DataError]) -> Iterator[Any]:
-        for item in raw:
+    def _items(self, raw: Iterable[RawSample | DataError], stream: tuple[int, int, int]) -> Iterator[Any]:
+        """Decoded, mapped items. Each sample carries `draw_seed`, a pure function of (seed, epoch,
+        reader slot, position in the stream): map_sample seeds its random choices (crops, windows,
+        masks) with it, so a resumed run replays them exactly and no two draws repeat."""
+        for position, item in enumerate(raw):
             if isinstance(item, DataError):
                 self._fail(item)
                 continue
@@ -323,6 +326,7 @@ class ShardStream(IterableDataset):
             except DataError as error:
                 self._fail(error)
                 continue
+            sample["draw_seed"] = [*stream, position]
             try:
                 mapped = self.map_sample(sample, self.split)
             except Exception as error:  # a bug or a mismatch in the paper's mapping: never skipped

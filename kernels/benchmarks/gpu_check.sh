@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One device call: the GPU test tier of kernels/ and the GPU SSD benchmark, results under $OUT.
+#
+#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (~5 min)
+#
+# mamba_ssm is the benchmark's peer. If it is not installed, it is installed pure-Python
+# (its Triton kernels are all we compare against) from the sdist carried with the tree;
+# its CUDA extension is stubbed inside the test and benchmark processes. Fetch the sdist once with
+#   pip download --no-deps --no-binary :all: mamba-ssm==2.3.2.post1 -d kernels/benchmarks/vendor
+# and carry that (git-ignored) folder to the GPU machine.
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-kernels/benchmarks/results}
+MAMBA_SDIST=${MAMBA_SDIST:-kernels/benchmarks/vendor/mamba_ssm-2.3.2.post1.tar.gz}
+mkdir -p "$OUT"
+
+"$PYTHON" -c "import torch, triton; assert torch.cuda.is_available(), 'gpu_check.sh needs CUDA'; \
+print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+
+if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mamba_ssm') is None)"; then
+    if [ -f "$MAMBA_SDIST" ]; then
+        MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PYTHON" -m pip install --quiet \
+            --no-build-isolation --no-deps "$MAMBA_SDIST"
+    else
+        echo "gpu_check.sh: $MAMBA_SDIST not found; mamba_ssm comparisons will be skipped" >&2
+    fi
+fi
+
+# The gpu tier: fp32/fp16/bf16 vs the naive recurrence, and vs mamba_chunk_scan_combined.
+status=0
+timeout 240 "$PYTHON" -m pytest tests/kernels -m gpu -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
+    2>&1 | tee "$OUT/gpu_tests.txt" || status=$?
+
+timeout 300 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench.txt"
+exit $status

@@ -1,0 +1,311 @@
+"""Benchmark the SSD scan against its peers; prints a markdown table and keeps it under results/.
+
+    python -m kernels.benchmarks.ssd --suite cpu            # torch vs naive vs mamba_ssm minimal vs transformers
+    python -m kernels.benchmarks.ssd --suite gpu            # triton vs mamba_chunk_scan_combined, bf16
+    TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
+
+Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); the
+fastest, not the median, because a shared CPU machine only ever adds time. On the CPU
+the fast implementations are timed interleaved in one process so that outside load hits
+them alike; the naive recurrence runs `--naive-reps` times, without warm-up, in its own
+process (it takes minutes).
+Memory, CPU: every (implementation, shape, mode) point runs once in a fresh process; we
+read the process's resident set after building the inputs, reset the kernel's peak-RSS
+mark (/proc/self/clear_refs), run, and report VmHWM minus that baseline: the extra
+resident memory the call needed at its peak (allocator caching included). GPU:
+torch.cuda.max_memory_allocated above the inputs.
+Bandwidth (GPU suite): the bytes an ideal kernel must move (inputs read once, outputs
+written once, in their dtypes) divided by the time, next to a measured device copy.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
+
+RESULTS = Path(__file__).parent / "results"
+CPU_IMPLS = ("torch", "naive", "mamba_ssm_minimal", "transformers_torch")
+GPU_IMPLS = ("triton", "mamba_chunk_scan_combined")
+MODES = ("fwd", "fwd+bwd")
+
+
+# ----------------------------------------------------------------------------- inputs and implementations
+def make_inputs(shape: SSDShape, dtype, device, seed=0):
+    """Mamba-2-like inputs: dt before softplus around -3 (dt ~ 0.05), A in [-8, -1], unit-scale x, B, C."""
+    gen = torch.Generator().manual_seed(seed)
+    s = shape
+
+    def randn(*size, scale=1.0, shift=0.0):
+        return (torch.randn(*size, generator=gen) * scale + shift).to(device=device, dtype=dtype)
+
+    return dict(x=randn(s.b, s.l, s.h, s.p), dt=randn(s.b, s.l, s.h, scale=0.5, shift=-3.0),
+                A=-torch.empty(s.h).uniform_(1, 8, generator=gen).to(device),
+                B=randn(s.b, s.l, s.g, s.n), C=randn(s.b, s.l, s.g, s.n),
+                D=torch.ones(s.h, device=device), dt_bias=torch.zeros(s.h, device=device))
+
+
+def stub_selective_scan_cuda():
+    """mamba_ssm's package __init__ imports its CUDA extension; without it, a stub lets the Triton and
+    pure-torch parts import. Only ever called inside a benchmark process."""
+    import importlib.util
+    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
+        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+
+
+def implementation(name: str, shape: SSDShape):
+    """A function of the make_inputs dict -> y (b, l, h, p): dt bias + softplus, D skip, no z, as in Mamba-2."""
+    from kernels.ssd import ssd_scan
+    chunk = shape.chunk
+    if name in ("torch", "naive", "triton"):
+        return lambda x, dt, A, B, C, D, dt_bias: ssd_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
+                                                           dt_softplus=True, backend=name)
+    if name == "mamba_ssm_minimal":
+        stub_selective_scan_cuda()
+        from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+        r = shape.h // shape.g
+
+        def minimal(x, dt, A, B, C, D, dt_bias):
+            # Everything its caller must do around it: dt processing, discretization, per-head B and C,
+            # padding to whole chunks, the D skip.
+            dt = torch.nn.functional.softplus(dt + dt_bias)
+            pad = -shape.l % chunk
+            Bh, Ch = (t.repeat_interleave(r, 2) for t in (B, C))
+            X, Adt = x * dt[..., None], A * dt
+            if pad:
+                X, Adt, Bh, Ch = (torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+                                  for t in (X, Adt, Bh, Ch))
+            y, _ = ssd_minimal_discrete(X, Adt, Bh, Ch, chunk)
+            return y[:, :shape.l] + x * D[:, None]
+        return minimal
+    if name == "transformers_torch":
+        from transformers.models.mamba2 import modeling_mamba2
+        torch_scan = modeling_mamba2.mamba2_chunk_scan.__wrapped__  # its pure-torch reference, never a kernel
+        return lambda x, dt, A, B, C, D, dt_bias: torch_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
+                                                             dt_softplus=True)
+    if name == "mamba_chunk_scan_combined":
+        stub_selective_scan_cuda()
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        return lambda x, dt, A, B, C, D, dt_bias: mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D,
+                                                                            dt_bias=dt_bias, dt_softplus=True)
+    raise ValueError(f"kernels.benchmarks.ssd: implementation = {name!r}, expected one of {CPU_IMPLS + GPU_IMPLS}")
+
+
+def runner(fn, inputs, mode):
+    """A no-argument callable running one forward (no graph) or one forward + backward."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(**inputs)
+        return run
+    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+
+    def run():
+        y = fn(**leaves)
+        torch.autograd.backward(y, torch.ones_like(y))
+        for v in leaves.values():
+            v.grad = None
+    return run
+
+
+def timed(run, reps, sync=lambda: None, warmup=True):
+    if warmup:
+        run()
+        sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# ----------------------------------------------------------------------------- CPU suite
+def _rss_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def cpu_point(impl: str, shape_name: str, mode: str, reps: int) -> dict:
+    """One point in this (fresh) process: peak extra resident MiB of one call, and for the naive
+    recurrence also its time (it is too slow to time twice)."""
+    shape = SSD_CPU[shape_name]
+    run = runner(implementation(impl, shape), make_inputs(shape, torch.float32, "cpu"), mode)
+    baseline = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
+    seconds = timed(run, reps, warmup=False)
+    return dict(seconds=seconds, peak_mib=(_rss_kib("VmHWM") - baseline) / 1024)
+
+
+def _fresh_process_point(impl, shape_name, mode, reps, threads):
+    cmd = [sys.executable, "-m", "kernels.benchmarks.ssd", "--point", impl, shape_name, mode,
+           "--reps", str(reps), "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_suite(reps: int, naive_reps: int, threads: int) -> tuple[list[str], list[list[str]]]:
+    """Times: the fast implementations interleaved in this process, so load from other processes
+    hits them alike. Memory: each point alone in a fresh process."""
+    fast = [i for i in CPU_IMPLS if i != "naive"]
+    rows = []
+    for shape_name, shape in SSD_CPU.items():
+        inputs = make_inputs(shape, torch.float32, "cpu")
+        for mode in MODES:
+            runs = {i: runner(implementation(i, shape), inputs, mode) for i in fast}
+            for run in runs.values():
+                run()  # warm-up
+            best = {i: float("inf") for i in fast}
+            for _ in range(reps):
+                for i, run in runs.items():
+                    best[i] = min(best[i], timed(run, 1, warmup=False))
+            point = {i: dict(seconds=best[i], peak_mib=_fresh_process_point(i, shape_name, mode, 1, threads)["peak_mib"])
+                     for i in fast}
+            point["naive"] = _fresh_process_point("naive", shape_name, mode, naive_reps, threads)
+            print(f"  {shape_name} {mode}: {point}", file=sys.stderr)
+            ours = point["torch"]
+            rows.append([shape_name, mode]
+                        + [f"{point[i]['seconds'] * 1e3:.0f}" for i in CPU_IMPLS]
+                        + [f"{point[i]['peak_mib']:.0f}" for i in CPU_IMPLS]
+                        + [f"{point[i]['seconds'] / ours['seconds']:.1f}x" for i in CPU_IMPLS[1:]]
+                        + [f"{point[i]['peak_mib'] / max(ours['peak_mib'], 1e-9):.2f}x" for i in CPU_IMPLS[1:]])
+    header = (["shape", "mode"] + [f"{i} ms" for i in CPU_IMPLS] + [f"{i} MiB" for i in CPU_IMPLS]
+              + [f"{i} time / torch" for i in CPU_IMPLS[1:]] + [f"{i} mem / torch" for i in CPU_IMPLS[1:]])
+    return header, rows
+
+
+# ----------------------------------------------------------------------------- GPU suite: one process
+def copy_bandwidth(device) -> float:
+    """Measured device copy bandwidth, bytes/s (read + write), on a 1 GiB (CPU: 64 MiB) buffer."""
+    size = (1 << 30) if device == "cuda" else (64 << 20)
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return 2 * size / timed(lambda: dst.copy_(src), 5, sync)
+
+
+def ideal_bytes(inputs, mode) -> int:
+    """Inputs read once and y written once; fwd+bwd adds dy read and every gradient written once."""
+    io = sum(t.numel() * t.element_size() for t in inputs.values())
+    y = inputs["x"].numel() * inputs["x"].element_size()
+    return io + y if mode == "fwd" else 2 * (io + y)
+
+
+def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if tiny and device == "cuda":
+        raise SystemExit("kernels.benchmarks.ssd: --tiny is the interpreter proof; drop it on a GPU")
+    if not tiny and device == "cpu":
+        raise SystemExit("kernels.benchmarks.ssd: --suite gpu needs CUDA; on a CPU run it with "
+                         "TRITON_INTERPRET=1 and --tiny")
+    shapes = SSD_GPU_TINY if tiny else SSD_GPU
+    # mamba_ssm's Triton kernels need a CUDA device (the interpreter would need patches to them).
+    impls = GPU_IMPLS if device == "cuda" else ("triton",)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16  # the interpreter gets bf16 wrong
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    copy_bw = copy_bandwidth(device)
+    rows = []
+    for shape in shapes.values():
+        inputs = make_inputs(shape, dtype, device)
+        for mode in MODES:
+            point = {}
+            for impl in impls:
+                run = runner(implementation(impl, shape), inputs, mode)
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                try:
+                    seconds = timed(run, reps, sync)
+                except torch.cuda.OutOfMemoryError:
+                    point[impl] = None
+                    continue
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
+                point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
+                print(f"  {shape.name} {mode} {impl}: {point[impl]}", file=sys.stderr)
+            rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in GPU_IMPLS]
+                        + [_speedup(point.get("mamba_chunk_scan_combined"), point.get("triton"))])
+    header = ["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in GPU_IMPLS] + [
+        "speedup triton vs mamba"]
+    header[-1] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
+    return header, rows
+
+
+def _gpu_cell(p, copy_bw):
+    if p is None:
+        return "n/a"
+    peak = "-" if p["peak_mib"] != p["peak_mib"] else f"{p['peak_mib']:.0f}"  # NaN off CUDA
+    return f"{p['seconds'] * 1e3:.2f} / {peak} / {p['bw'] / 1e9:.2f} ({100 * p['bw'] / copy_bw:.0f}%)"
+
+
+def _speedup(theirs, ours):
+    return "n/a" if not theirs or not ours else f"{theirs['seconds'] / ours['seconds']:.2f}x"
+
+
+# ----------------------------------------------------------------------------- report
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def markdown(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=("cpu", "gpu"))
+    parser.add_argument("--tiny", action="store_true", help="gpu suite on interpreter-sized shapes")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--naive-reps", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.point:
+        print(json.dumps(cpu_point(*args.point, reps=args.reps or 1)))
+        return
+    if args.suite is None:
+        parser.error("--suite is required")
+    command = "python -m kernels.benchmarks.ssd " + " ".join(argv if argv is not None else sys.argv[1:])
+    load_before = os.getloadavg()[0]  # a shared machine's load is part of what the numbers mean
+    if args.suite == "cpu":
+        header, rows = cpu_suite(args.reps or 3, args.naive_reps, args.threads)
+        hw = "cpu"
+    else:
+        header, rows = gpu_suite(args.tiny, args.reps or (2 if args.tiny else 10))
+        hw = "interpreter-tiny" if args.tiny else torch.cuda.get_device_name().replace(" ", "-")
+    table = markdown(header, rows)
+    day = datetime.date.today().isoformat()
+    env = "TRITON_INTERPRET=1 " if os.environ.get("TRITON_INTERPRET") == "1" else ""
+    text = (f"# SSD scan benchmark, {args.suite} suite{' (tiny, Triton interpreter)' if args.tiny else ''}\n\n"
+            f"- command: `{env}{command}`\n- machine: {machine()}\n- date: {day}\n"
+            f"- 1-minute load average at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f}\n"
+            f"- torch {torch.__version__}\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
+    print(table)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"ssd_{hw}_{day}.md"
+    path.write_text(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

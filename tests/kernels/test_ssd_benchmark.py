@@ -1,0 +1,23 @@
+"""The benchmark compares like with like: every implementation it times computes the same y."""
+import pytest
+import torch
+
+from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
+from kernels.benchmarks.ssd import implementation, make_inputs
+
+
+def test_registry_names_describe_their_shapes():
+    assert "B2_L4096_H8_P64_N128_C256" in SSD_CPU
+    for registry in (SSD_CPU, SSD_GPU, SSD_GPU_TINY):
+        for name, shape in registry.items():
+            assert name == shape.name and name.startswith(f"B{shape.b}_L{shape.l}_H{shape.h}_P{shape.p}")
+    with pytest.raises(ValueError, match="multiple"):
+        SSDShape(b=1, l=8, h=3, p=16, n=16, chunk=16, g=2)
+
+
+@pytest.mark.parametrize("impl", ["torch", "transformers_torch", "triton"])
+def test_benchmarked_implementations_agree_with_naive(impl):
+    shape = SSD_GPU_TINY["B1_L40_H2_P16_N16_C16"]
+    inputs = make_inputs(shape, torch.float32, "cpu")
+    want = implementation("naive", shape)(**inputs)
+    torch.testing.assert_close(implementation(impl, shape)(**inputs), want, atol=2e-4, rtol=2e-3)

@@ -1,0 +1,141 @@
+"""The Triton SSD backend against the naive recurrence.
+
+CPU tier: Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py) at tiny fp32
+shapes, every fresh allocation NaN-filled so a read of memory the kernels never wrote
+fails loudly. GPU tier (`-m gpu`): fp32/fp16/bf16 at real sizes, and parity with
+mamba_ssm's `mamba_chunk_scan_combined` when it is installed.
+"""
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+from kernels.ssd import ssd_scan
+from ssd_testing import (TOL_BF16, TOL_FP16, TOL_FP32, TOL_FP32_GRAD, Case, assert_close, make_inputs,
+                         run_with_grads)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Tiny on purpose: a 64x64x64 dot costs ~3 ms per program in the interpreter. p, n >= 16
+# (the smallest tl.dot tile on a GPU); the kernels' chunk is 16 here, so l = 40 is 3 chunks.
+TRITON_CASES = [
+    Case("ragged_all_inputs", l=40, p=16, n=16, chunk=16, D="hp"),
+    Case("seq_idx", l=40, p=16, n=16, chunk=16, seq_idx=True),
+    Case("l_below_chunk_g_eq_h", b=1, l=5, p=16, n=16, g=4, chunk=16, init=False, z=False, D=None),
+    Case("odd_p_n_dt_limit", b=1, l=19, p=12, n=20, g=1, chunk=16, dt_limit=(0.05, 0.5), dt_bias=False),
+]
+
+
+@pytest.fixture
+def nan_filled_allocations(monkeypatch):
+    """torch.empty / empty_like return NaN-filled floating tensors (fla's tests/conftest.py idea)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poisoned(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(empty_like(*a, **k)))
+
+
+def test_nan_fixture_poisons_fresh_allocations(nan_filled_allocations):
+    assert torch.empty(3).isnan().all() and torch.empty_like(torch.zeros(2, 2)).isnan().all()
+    assert torch.empty(2, dtype=torch.int32).dtype == torch.int32  # integers are left alone
+
+
+def compare_to_naive(case, dtype, tol, tol_grad, device=DEVICE):
+    y_ref, f_ref, g_ref = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"),
+                                         make_inputs(case, torch.float64, device))
+    y, f, grads = run_with_grads(lambda **k: ssd_scan(**k, backend="triton"), make_inputs(case, dtype, device))
+    assert y.dtype == dtype and f.dtype == torch.float32
+    assert_close(y, y_ref, tol, f"{case.name}: y")
+    assert_close(f, f_ref, tol, f"{case.name}: final_states")
+    assert set(grads) == set(g_ref)
+    for name in g_ref:
+        assert_close(grads[name], g_ref[name], tol_grad, f"{case.name}: d{name}")
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.name)
+def test_triton_matches_naive(case, nan_filled_allocations):
+    compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
+
+
+def test_triton_chaining_equals_whole(nan_filled_allocations):
+    """Final -> initial through the Triton Function: forward and both state gradients."""
+    case = Case("chain", b=1, l=40, p=16, n=16, chunk=16, seq_idx=True)
+    kw = make_inputs(case, torch.float32, DEVICE)
+    split = 21
+    per_token = ("x", "dt", "B", "C", "z", "seq_idx")
+
+    def part(kw, a, b):
+        return {k: (v[:, a:b] if k in per_token and v is not None else v) for k, v in kw.items()}
+
+    def chained(return_final_states, **kw):
+        y1, state = ssd_scan(**part(kw, 0, split), return_final_states=True, backend="triton")
+        y2, final = ssd_scan(**{**part(kw, split, case.l), "initial_states": state}, return_final_states=True,
+                             backend="triton")
+        return torch.cat([y1, y2], 1), final
+
+    y, f, grads = run_with_grads(chained, kw)
+    y_ref, f_ref, g_ref = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"), kw)
+    assert_close(y, y_ref, TOL_FP32, "chained y")
+    assert_close(f, f_ref, TOL_FP32, "chained final_states")
+    for name in g_ref:
+        assert_close(grads[name], g_ref[name], TOL_FP32_GRAD, f"chained d{name}")
+
+
+def test_triton_rejects_float64():
+    with pytest.raises(ValueError, match="x.dtype"):
+        ssd_scan(**make_inputs(Case("f64", l=5, p=16), torch.float64, DEVICE), backend="triton")
+
+
+# ----------------------------------------------------------------------------- GPU tier
+GPU_CASES = [
+    Case("gpu_ragged", b=2, l=1000, h=8, p=64, g=2, n=128, chunk=256, D="h", seq_idx=True),
+    Case("gpu_short", b=1, l=77, h=4, p=32, g=1, n=64, chunk=64, D="hp", dt_limit=(0.001, 0.5)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol, tol_grad", [
+    (torch.float32, TOL_FP32, TOL_FP32_GRAD), (torch.float16, TOL_FP16, TOL_FP16), (torch.bfloat16, TOL_BF16, TOL_BF16)],
+    ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
+def test_triton_gpu_matches_naive(case, dtype, tol, tol_grad, nan_filled_allocations):
+    # Relative to O(1) values; bf16 rounding of inputs alone moves outputs by ~1e-2.
+    compare_to_naive(case, dtype, tol, tol_grad, "cuda")
+
+
+@pytest.fixture
+def mamba_chunk_scan_combined():
+    if importlib.util.find_spec("mamba_ssm") is None:
+        pytest.skip("mamba-ssm is not installed; install it with: MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "
+                    "pip install --no-build-isolation --no-deps mamba-ssm==2.3.2.post1")
+    before = set(sys.modules)
+    stubbed = "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None
+    if stubbed:
+        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        yield mamba_chunk_scan_combined
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith(("mamba_ssm", "selective_scan_cuda", "transformers.models.mamba")):
+                del sys.modules[name]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_gpu_matches_mamba_chunk_scan_combined(mamba_chunk_scan_combined, dtype):
+    # seq_idx starts at 0: there mamba_ssm's and our initial-state conventions agree.
+    case = Case("vs_mamba", b=2, l=1000, h=8, p=64, g=2, n=128, chunk=256, D="h", seq_idx=True)
+    kw = make_inputs(case, dtype, "cuda")
+    y_ref, f_ref, g_ref = run_with_grads(mamba_chunk_scan_combined, kw)
+    y, f, grads = run_with_grads(lambda **k: ssd_scan(**k, backend="triton"), kw)
+    tol = TOL_FP32_GRAD if dtype == torch.float32 else TOL_BF16
+    assert_close(y, y_ref, tol, "y vs mamba_chunk_scan_combined")
+    assert_close(f, f_ref, tol, "final_states vs mamba_chunk_scan_combined")
+    for name in g_ref:
+        assert_close(grads[name], g_ref[name], tol, f"d{name} vs mamba_chunk_scan_combined")
