@@ -52,6 +52,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.command == "fit":
         if cfg.stages:
+            if args.ckpt:
+                log.info("--ckpt ignored: a pipeline resumes by itself from %s", out / "stages")
             fit_pipeline(cfg, out, args.overrides)
         else:
             fit(cfg, out, ckpt=args.ckpt)
