@@ -1,0 +1,216 @@
+"""Video-Ma²mba's data: `longwatch/v1` samples -> token sequences with one `<|frame|>` per frame.
+
+Every sequence follows the paper's prompt format (papers/FACTS.md):
+
+    <|system|>S<|user|><|frame|>...<|frame|>Q<|endoftext|><|assistant|>A<|endoftext|>
+
+and carries labels that are -100 everywhere except on the tokens to learn. Per stage:
+
+- stage1   (alignment): one item per segment: that clip's frames, the caption prompt, the caption.
+- stage1_5 (long-video knowledge): one item per video, clips and their captions interleaved over the
+           whole video: S<|user|>[clip 1]caption 1<|endoftext|>[clip 2]caption 2<|endoftext|>...
+- stage2   (QA SFT): one item per video holding all its questions (QA grouped per video):
+           S<|user|>[video]Q1<|endoftext|><|assistant|>A1<|endoftext|><|user|>Q2<|endoftext|><|assistant|>A2...
+
+Whole-video items of the eval splits also carry, for likelihood scoring of multiple-choice QA, the video
+prefix alone (`video_ids`) and each question's prompt and options as separate token sequences.
+This module knows tokenizers and file formats, never a model: the frame placeholder is expanded into
+visual tokens by the model.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tokenizers import Tokenizer
+
+from datamodules.common.collate import pad_sequences
+from datamodules.common.text import load_tokenizer, missing_special_tokens
+from datamodules.common.wds import ShardDataConfig, ShardDataModule
+from datamodules.synthetic import world
+
+IGNORE = -100
+STAGES = ("stage1", "stage1_5", "stage2")
+
+
+@dataclass
+class Ma2mbaDataConfig(ShardDataConfig):
+    """The shard pipeline's keys (see `ShardDataConfig`) plus how Video-Ma²mba words its prompts."""
+
+    tokenizer: Optional[str] = None  # tokenizer.json or HF dir; default: <root>/tokenizer.json
+    system_prompt: str = "You watch a long video and answer questions about it."
+    caption_prompt: str = "Describe this clip."  # stage1's question for each clip
+    max_questions: Optional[int] = None  # stage2: keep at most this many questions per video (train and eval)
+    # stage2, synthetic worlds only: 0 trains on each train video's own QA (6 per video in the default world);
+    # N > 0 trains on up to N questions per train video, drawn afresh each time from every question the world's
+    # generator can ask of that video's true state (json meta.scenes). Eval splits keep their own QA.
+    dense_train_qa: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_questions is not None and self.max_questions < 1:
+            raise ValueError(f"data.max_questions must be >= 1 or null, got {self.max_questions}")
+        if self.dense_train_qa < 0:
+            raise ValueError(f"data.dense_train_qa must be >= 0, got {self.dense_train_qa}")
+        if not self.system_prompt.strip() or not self.caption_prompt.strip():
+            raise ValueError("data.system_prompt and data.caption_prompt must not be empty")
+
+
+class Ma2mbaDataModule(ShardDataModule):
+    """Batches: {"input_ids" (B, L) long right-padded with <|pad|>, "labels" (B, L) (-100 = no loss),
+    "lengths" (B,), "videos": B x uint8 (T, H, W, 3) frames or float (T, D) feats, "keys": B x str,
+    "video_ids": B x (Lv,) long or None, "questions": B x list of question dicts}.
+
+    A question dict: {"prompt" (Lq,) long: Q<|endoftext|><|assistant|>, "options": K x (Lo,) long: each
+    option<|endoftext|>, "answer": int, "question": str, "option_texts": K x str, "template": str or None}.
+    """
+
+    def __init__(self, cfg: Ma2mbaDataConfig, stage: str = "stage2"):
+        super().__init__(cfg)
+        if stage not in STAGES:
+            raise ValueError(f"Ma2mbaDataModule: stage {stage!r} is not one of {STAGES}")
+        self.stage = stage
+        self.tokenizer: Tokenizer = load_tokenizer(cfg.tokenizer or cfg.root)
+        missing = missing_special_tokens(self.tokenizer)
+        if missing:
+            raise ValueError(f"tokenizer {cfg.tokenizer or cfg.root}: lacks the special tokens {missing} "
+                             "(add them to an HF tokenizer before training)")
+        tid = self.tokenizer.token_to_id
+        self.pad, self.eot, self.system, self.user, self.assistant, self.frame = (
+            tid(t) for t in ("<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|frame|>"))
+        self._system = [self.system, *self.text(cfg.system_prompt), self.user]
+        self._rng = random.Random(cfg.seed)  # which dense questions a train item draws
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def text(self, s: str) -> list[int]:
+        """Plain text -> ids, no special tokens added (every piece of a prompt is tokenised on its own, so
+        an option scored at evaluation has exactly the tokens its answer had in training)."""
+        return self.tokenizer.encode(s, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # ------------------------------------------------------------------------------------------ mapping
+    def map_sample(self, sample: dict, split: str) -> dict | list[dict]:
+        doc, key = sample["json"], sample["key"]
+        video = sample["feats"] if "feats" in sample else sample["frames"]
+        clips = self._clips(doc, video.shape[0])
+        if self.stage == "stage1":
+            return [self._caption_item(f"{key}#{i}", video[a:b], caption) for i, (a, b, caption) in enumerate(clips)]
+        if self.stage == "stage1_5":
+            item = self._interleaved_item(key, video, clips)
+        else:
+            dense = split == "train" and self.cfg.dense_train_qa > 0
+            item = self._qa_item(key, doc, video, self._dense_qa(sample) if dense else None)
+        if split != "train":
+            item["video_ids"] = torch.tensor(self._system + [self.frame] * video.shape[0])
+            item["questions"] = self._questions(doc, video.shape[0])
+        return item
+
+    def _clips(self, doc: dict, num_frames: int) -> list[tuple[int, int, str]]:
+        """(first frame, end frame, caption) of each segment that has frames (frame i covers [i/fps, (i+1)/fps))."""
+        fps, out = self.cfg.fps, []
+        for seg in doc["segments"]:
+            a = min(num_frames, math.floor(seg["start"] * fps + 1e-6))
+            b = min(num_frames, max(a + 1, math.ceil(seg["end"] * fps - 1e-6)))
+            if b > a:
+                out.append((a, b, seg["caption"]))
+        return out
+
+    def _caption_item(self, key: str, clip: torch.Tensor, caption: str) -> dict:
+        prompt = self._system + [self.frame] * clip.shape[0] + self.text(self.cfg.caption_prompt) + [self.eot, self.assistant]
+        return self._item(key, clip, [(prompt, False), (self.text(caption) + [self.eot], True)])
+
+    def _interleaved_item(self, key: str, video: torch.Tensor, clips) -> dict:
+        pieces, cursor = [(self._system, False)], 0
+        for a, b, caption in clips:  # segments are in time order and do not overlap (schema)
+            pieces.append(([self.frame] * (b - cursor), False))  # frames of a gap before the clip, then the clip
+            pieces.append((self.text(caption) + [self.eot], True))
+            cursor = b
+        if cursor < video.shape[0]:  # frames after the last segment are still watched
+            pieces.append(([self.frame] * (video.shape[0] - cursor), False))
+        return self._item(key, video, pieces)
+
+    def _qa_item(self, key: str, doc: dict, video: torch.Tensor, qas: Optional[list[dict]] = None) -> dict:
+        """`qas`: the questions to train on (default: the sample's own, `_kept_qa`)."""
+        pieces = [(self._system + [self.frame] * video.shape[0], False)]
+        qas = [qa for _, qa in self._kept_qa(doc, video.shape[0])] if qas is None else qas
+        for i, qa in enumerate(qas):
+            turn = ([] if i == 0 else [self.user]) + self.text(qa["question"]) + [self.eot, self.assistant]
+            pieces += [(turn, False), (self.text(qa["answer_text"]) + [self.eot], True)]
+        return self._item(key, video, pieces)
+
+    def _kept_qa(self, doc: dict, num_frames: int) -> list[tuple[int, dict]]:
+        """(index, qa) of the questions answerable from the frames kept (data.max_frames may cut the video)."""
+        seen = num_frames / self.cfg.fps + 1e-6
+        kept = [(i, qa) for i, qa in enumerate(doc["qa"])
+                if all(doc["segments"][s]["end"] <= seen for s in qa["segments"] if s < len(doc["segments"]))]
+        return kept if self.cfg.max_questions is None else kept[: self.cfg.max_questions]
+
+    def _dense_qa(self, sample: dict) -> list[dict]:
+        """Up to `dense_train_qa` questions, in random order, out of every one the synthetic world can ask of this
+        video's true state (`meta.scenes`), keeping those answerable from the frames kept (as `_kept_qa`)."""
+        doc = sample["json"]
+        scenes = doc.get("meta", {}).get("scenes")
+        if not isinstance(scenes, list):
+            raise ValueError(f"{sample.get('shard')}:{sample['key']}: data.dense_train_qa needs the synthetic "
+                             "world's true state in json meta.scenes, which this sample lacks")
+        video = world.Video(duration=doc["num_frames"], scenes=[
+            world.Scene(s["start"], s["end"], s["texture"], s["tint"], revisit_of=s["revisit_of"],
+                        shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]])
+            for s in scenes])  # period and phase only drive rendering, never a question
+        # max_objects only widens the count questions' option list, which training never reads.
+        candidates = [c for pool in world._qa_candidates(video, max_objects=4).values() for c in pool]
+        seen = sample["frames" if "frames" in sample else "feats"].shape[0] / self.cfg.fps + 1e-6
+        kept = [{"question": c["question"], "answer_text": c["answer"]} for c in candidates
+                if all(scenes[i]["end"] <= seen for i in c["segments"])]
+        self._rng.shuffle(kept)
+        return kept[: self.cfg.dense_train_qa]
+
+    def _questions(self, doc: dict, num_frames: int) -> list[dict]:
+        templates = doc.get("meta", {}).get("qa_templates")
+        out = []
+        for i, qa in self._kept_qa(doc, num_frames):
+            if qa["answer"] < 0:  # open-ended: no options to score
+                continue
+            out.append({
+                "prompt": torch.tensor(self.text(qa["question"]) + [self.eot, self.assistant]),
+                "options": [torch.tensor(self.text(o) + [self.eot]) for o in qa["options"]],
+                "answer": int(qa["answer"]), "question": qa["question"], "option_texts": list(qa["options"]),
+                "template": templates[i] if isinstance(templates, list) and i < len(templates) else None,
+            })
+        return out
+
+    def _item(self, key: str, video: torch.Tensor, pieces: list[tuple[list[int], bool]]) -> dict:
+        ids, labels = [], []
+        for tokens, learn in pieces:
+            ids += tokens
+            labels += tokens if learn else [IGNORE] * len(tokens)
+        return {"key": key, "video": video, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "video_ids": None, "questions": []}
+
+    # ------------------------------------------------------------------------------------------ batching
+    def collate(self, items: list[dict]) -> dict:
+        input_ids, mask = pad_sequences([it["input_ids"] for it in items], pad_value=self.pad)
+        labels, _ = pad_sequences([it["labels"] for it in items], pad_value=IGNORE)
+        return {"input_ids": input_ids, "labels": labels, "lengths": mask.sum(1),
+                "videos": [it["video"] for it in items], "keys": [it["key"] for it in items],
+                "video_ids": [it["video_ids"] for it in items], "questions": [it["questions"] for it in items]}
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def baselines(self, split: str = "test") -> dict[str, float]:
+        """Reference accuracies the data knows: chance, and the text-only prior of the synthetic world."""
+        import json
+        from pathlib import Path
+
+        world = Path(self.cfg.root) / "world.json"
+        if not world.is_file():
+            return {}
+        chance = json.loads(world.read_text()).get("splits", {}).get(split, {}).get("chance", {})
+        return {k: float(v) for k, v in chance.items() if k.endswith("qa_accuracy")}

@@ -1,0 +1,80 @@
+"""Ma2mbaModule: which parameters each stage trains, their learning rates, the schedule, the report."""
+from __future__ import annotations
+
+import math
+import pytest
+import torch
+
+from lightning_modules.ma2mba.module import Ma2mbaModule, Perplexity
+
+from .test_model import TOKENS, tiny_config
+
+
+def _optimizer(module, steps=100):
+    return module.build_optimizer(steps)
+
+
+def _trainable_names(module, optimizer):
+    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    return {n for n, p in module.named_parameters() if id(p) in ids}
+
+
+def test_stage1_trains_the_projector_only():
+    module = Ma2mbaModule(tiny_config(stage="stage1"), TOKENS)
+    out = _optimizer(module)
+    names = _trainable_names(module, out["optimizer"])
+    assert names and all(n.startswith("model.projector.") for n in names)
+    assert names == {n for n, _ in module.model.projector.named_parameters(prefix="model.projector")}
+
+
+def test_stage1_5_trains_everything_with_a_separate_vision_lr():
+    cfg = tiny_config(stage="stage1_5", frozen=False)
+    cfg.optim.lr, cfg.optim.vision_lr = 1e-3, 1e-4
+    module = Ma2mbaModule(cfg, TOKENS)
+    opt = _optimizer(module)["optimizer"]
+    assert _trainable_names(module, opt) == {n for n, _ in module.named_parameters()}
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx((1e-4 if g["name"].startswith("vision") else 1e-3) / 11)  # warmup step 0
+        assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else cfg.optim.weight_decay)
+        if g["name"].endswith("no_decay"):
+            assert all(p.dim() < 2 for p in g["params"])
+
+
+def test_warmup_then_cosine():
+    module = Ma2mbaModule(tiny_config(), TOKENS)
+    out = _optimizer(module, steps=100)
+    sched = out["lr_scheduler"]["scheduler"]
+    factors = []
+    for _ in range(100):
+        factors.append(sched.get_last_lr()[0] / module.config.optim.lr)
+        out["optimizer"].step()
+        sched.step()
+    assert factors[0] == pytest.approx(1 / 11) and factors[9] == pytest.approx(10 / 11)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert factors[-1] < 0.001
+
+
+def test_perplexity_weights_batches_by_token_count():
+    ppl = Perplexity()
+    ppl.update(torch.tensor(1.0), torch.tensor(3))
+    ppl.update(torch.tensor(2.0), torch.tensor(1))
+    assert float(ppl.compute()) == pytest.approx(math.exp(5 / 4))
+    with pytest.raises(ValueError, match="no labelled tokens"):
+        Perplexity().compute()
+
+
+def test_report_puts_accuracy_beside_chance_and_the_paper(tmp_path):
+    module = Ma2mbaModule(tiny_config(), TOKENS, baselines={"prior.qa_accuracy": 0.3})
+    module.test_records = [
+        {"key": "v", "question": f"q{i}", "options": ["a", "b", "c", "d"], "answer": i % 4, "pred": 0,
+         "scores": [0.0, -1.0, -2.0, -3.0], "template": ["colour", "count"][i % 2], "pred_other_video": 1}
+        for i in range(8)
+    ]
+    metrics, section = module.report(tmp_path)
+    assert metrics["qa_accuracy"] == pytest.approx(2 / 8)
+    assert metrics["chance.qa_accuracy"] == pytest.approx(0.25)
+    assert metrics["other_video.qa_accuracy"] == pytest.approx(2 / 8)
+    assert metrics["prior.qa_accuracy"] == 0.3
+    assert "| chance | 0.250 |" in section and "Video-MME" in section and "45.2" in section
+    assert (tmp_path / "ma2mba_qa_by_type.png").exists()
