@@ -9,8 +9,12 @@ TORCH_VERSION ?= 2.13.0
 TRITON_VERSION ?= 3.7.1
 MAMBA_SSM_VERSION ?= 2.3.2.post1
 
-DATA ?= data/synthetic
 EXP ?= ma2mba/tiny
+# Two synthetic worlds: the default one, and one with 12-24 segments per video for SALOVA, whose
+# retrieval means little when a random ranking of 3-8 segments already finds the right one.
+WORLD_ARGS_data/synthetic := --videos 400 --seed 0 --feats
+WORLD_ARGS_data/synthetic-scenes := --videos 300 --eval-videos 50 --seed 0 --feats --scenes 12 24 --minutes 3 6
+DATA ?= $(if $(filter salova/%,$(EXP)),data/synthetic-scenes,data/synthetic)
 OUT ?= runs/$(EXP)
 CKPT ?=
 ARGS ?=
@@ -56,13 +60,14 @@ test-gpu: install ## run the GPU tier (needs CUDA)
 test-slurm: install ## start a local Slurm cluster and run the multi-node tests
 	$(PY) -m pytest -q -m slurm
 
-data: $(DATA)/world.json ## generate the default synthetic long-video world into DATA
+data: $(DATA)/world.json ## generate the synthetic long-video world EXP reads (into DATA)
 
-$(DATA)/world.json: | install
-	$(PY) -m datamodules.synthetic --out $(DATA) --videos 400 --seed 0 --feats
+%/world.json: | install
+	$(PY) -m datamodules.synthetic --out $* $(or $(WORLD_ARGS_$*),$(WORLD_ARGS_data/synthetic))
 
-train: data ## fit EXP (default ma2mba/tiny) on the default data, test it and write OUT/report
-	$(PY) -m experiments.run fit --exp $(EXP) --out $(OUT) $(ARGS)
+# DATA=dir on the command line also points the experiment at it (data.root)
+train: data ## fit EXP (default ma2mba/tiny) on its synthetic world, test it and write OUT/report
+	$(PY) -m experiments.run fit --exp $(EXP) --out $(OUT) $(if $(filter command line,$(origin DATA)),data.root=$(DATA)) $(ARGS)
 
 eval: install ## test EXP from CKPT (default OUT/checkpoints/last.ckpt) and write the report
 	$(PY) -m experiments.run test --exp $(EXP) --out $(OUT) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)

@@ -208,7 +208,7 @@ def write_report(rows: list[dict], out: pathlib.Path, extra: list[dict] = (), re
     gb = lambda b: f"{b / 2**30:.3f}"  # noqa: E731
     device = next((r["device"] for r in rows if "device" in r), "?")
     lines = [f"Config: `{json.dumps(BENCH_CONFIG)}`, batch 1, loss on the last {LABELLED_TOKENS} tokens, "
-             f"fp32 on `{device}`. Each cell: saved for backward / peak above the pre-step memory (GB), "
+             f"fp32 on `{device}`. Each cell: saved for backward / peak above the pre-step memory (GiB), "
              "step seconds. '-' = skipped (reason in points.jsonl).", "",
              "| mode | " + " | ".join(f"2^{int(math.log2(s))}" for s in lengths) + " | exponent (saved) | exponent (peak) |",
              "|---" * (len(lengths) + 3) + "|"]
@@ -223,6 +223,11 @@ def write_report(rows: list[dict], out: pathlib.Path, extra: list[dict] = (), re
         exponents[mode] = (e_saved, e_peak)
         fmt = lambda e: "-" if e is None else f"{e:.2f}"  # noqa: E731
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {fmt(e_saved)} | {fmt(e_peak)} |")
+    if any(not r.get("malloc_mmap_threshold") for r in rows if "skipped" not in r):
+        lines += ["", "CPU peaks in this table were taken with glibc's default malloc thresholds (freed heap "
+                  "stays resident, so an RSS delta can miss or add retained memory); the exact figure is the "
+                  "saved-bytes one. The sweep now sets MALLOC_MMAP_THRESHOLD_=65536; points remeasured that "
+                  "way are listed under Targets."]
     lines += ["", "Grids (l layers x s tokens) chosen: " + ", ".join(
         f"{r['mode']} 2^{int(math.log2(r['seqlen']))}: {r['grid']}" for r in rows
         if "skipped" not in r and r["mode"] == "ma_gc"), ""]
@@ -239,7 +244,7 @@ def write_report(rows: list[dict], out: pathlib.Path, extra: list[dict] = (), re
     lines += _targets(by_mode, exponents)
     if remeasured:
         lines.append("- Remeasured with MALLOC_MMAP_THRESHOLD_=65536 (RSS tracks live memory): " + "; ".join(
-            f"{r['mode']} 2^{int(math.log2(r['seqlen']))}: saved {gb(r['saved_bytes'])}, peak {gb(r['peak_bytes'])} GB, "
+            f"{r['mode']} 2^{int(math.log2(r['seqlen']))}: saved {gb(r['saved_bytes'])}, peak {gb(r['peak_bytes'])} GiB, "
             f"{r['step_seconds']:.0f} s" for r in remeasured))
         pair = {r["mode"]: r for r in remeasured if r["seqlen"] == 2**16}
         if {"ma_gc", "layer"} <= set(pair):
@@ -251,8 +256,8 @@ def write_report(rows: list[dict], out: pathlib.Path, extra: list[dict] = (), re
             lines.append(f"- One step at S = {r['seqlen']:,} under {r['mode']}: not measured ({r['skipped']}).")
         else:
             lines.append(f"- One step at S = {r['seqlen']:,} tokens under {r['mode']} (grid {r['grid']}): "
-                         f"peak {gb(r['peak_bytes'])} GB above the pre-step memory (process peak RSS "
-                         f"{gb(r['peak_rss_bytes'])} GB), saved for backward {gb(r['saved_bytes'])} GB, "
+                         f"peak {gb(r['peak_bytes'])} GiB above the pre-step memory (process peak RSS "
+                         f"{gb(r['peak_rss_bytes'])} GiB), saved for backward {gb(r['saved_bytes'])} GiB, "
                          f"{r['step_seconds']:.0f} s.")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -264,7 +269,7 @@ def write_report(rows: list[dict], out: pathlib.Path, extra: list[dict] = (), re
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens S")
-        ax.set_ylabel("GB")
+        ax.set_ylabel("GiB")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
