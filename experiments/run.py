@@ -78,9 +78,13 @@ def fit(cfg: Any, out: Path, ckpt: Optional[str] = None, run_test: bool = True) 
         module.load_state_dict(state, strict=True)
         log.info("initialised from %s", cfg.init_from)
     trainer.fit(module, datamodule, ckpt_path=ckpt)
+    # The checkpoint callback saves every n steps and at epoch ends, not at a max_steps stop mid-epoch:
+    # save the final weights, which the next stage, `test` and `fit --ckpt` all read.
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last)
     if run_test:
         _test_and_report(cfg, out, module, datamodule, trainer)
-    return out / "checkpoints" / "last.ckpt"
+    return last
 
 
 def fit_pipeline(cfg: Any, out: Path, overrides: list[str]) -> None:

@@ -22,6 +22,8 @@ class StreamingConfig:
     threshold: float = 0.75  # a slot is unmasked before the last step only with confidence >= this
     stable_runs: int = 3  # a label kept unmasked once it came out the same in this many consecutive runs
     close_gap_s: float = 1.0  # a span triggers once its end lies >= this many seconds before the stream clock
+    close_confident: bool = False  # STRIDE: a span closes only at an inactive slot committed with confidence
+    # >= threshold; an unsure "inactive" at the newest edge waits for the next frame (and is re-predicted)
     max_triggers: int = 50  # multi-event cap (released setting)
     multi_event: bool = True  # False: stop after the first trigger (single-event tasks, e.g. TVG)
 

@@ -82,18 +82,19 @@ class _Window:
     known: Tensor  # (W,) bool, a label exists from an earlier run
     stable: Tensor  # (W,) bool
     agree: Tensor  # (W,) long, consecutive runs with the same label
+    sure: Tensor  # (W,) bool, the current label came with confidence >= threshold (or was given)
 
     @classmethod
     def empty(cls, window: int, dim: int) -> "_Window":
         return cls(torch.zeros(window, dim), torch.zeros(window, dtype=torch.long),
                    torch.zeros(window, dtype=torch.bool), torch.zeros(window, dtype=torch.bool),
-                   torch.zeros(window, dtype=torch.long))
+                   torch.zeros(window, dtype=torch.long), torch.zeros(window, dtype=torch.bool))
 
     def shift_in(self, feat: Tensor) -> tuple[int, bool]:
         """Drop the oldest slot, append a fresh one; returns the dropped slot's (label, known)."""
         dropped = int(self.labels[0]), bool(self.known[0])
         self.feats = torch.cat([self.feats[1:], feat.reshape(1, -1).to(self.feats.dtype)])
-        for name in ("labels", "known", "stable", "agree"):
+        for name in ("labels", "known", "stable", "agree", "sure"):
             old = getattr(self, name)
             setattr(self, name, torch.cat([old[1:], old.new_zeros(1)]))
         return dropped
@@ -194,10 +195,17 @@ class _OnlineRunner:
                 if start is None:
                     start = self.open_start if (j == 0 and self.open_start is not None) else slot
             elif start is not None:
+                if not self.closes(j):  # an unsure end: the run stays open until its end is sure
+                    start = None
+                    continue
                 if self.clock - slot >= self.cfg.close_gap_s:
                     spans.append((start, slot))
                 start = None
         return spans
+
+    def closes(self, j: int) -> bool:
+        """Whether the inactive label at window position j may close the active run before it."""
+        return True
 
     def fire(self, start: float, end: float) -> Trigger:
         trigger = Trigger(start=float(start), end=float(end), time=self.clock, frame=self.frame)
@@ -277,9 +285,22 @@ class StreamingRunner(_OnlineRunner):
         same = w.known & (labels == w.labels)
         w.agree = torch.where(predicted, torch.where(same, w.agree + 1, torch.ones_like(w.agree)), w.agree)
         w.stable = torch.where(predicted, (w.agree >= self.cfg.stable_runs) & confident, w.stable & seen)
-        w.labels, w.known = labels, seen
+        w.labels, w.known, w.sure = labels, seen, confident & seen
         self._record(p_active, seen)
         return self.trigger_closed_spans()
+
+
+    def closes(self, j: int) -> bool:
+        """With close_confident: some slot of the inactive stretch that starts at j is sure."""
+        if not self.cfg.close_confident:
+            return True
+        w = self.window
+        for k in range(j, self.cfg.window):
+            if not bool(w.known[k]) or int(w.labels[k]) != INACTIVE:
+                return False
+            if bool(w.sure[k]):
+                return True
+        return False
 
 
 class _CausalRunner(_OnlineRunner):

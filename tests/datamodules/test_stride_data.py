@@ -121,3 +121,26 @@ def test_query_windows_cut_every_span_three_ways_and_respect_unseen():
         assert ((tokens == sd.MASK) == loss_mask).all()
         assert (tokens[~loss_mask] == lab[~loss_mask]).all()
         assert not seen[slots < 0].any()  # frames before the stream start are never seen
+
+
+def test_train_draws_follow_the_stream_draw_seed(tmp_path):
+    """Train windows are a pure function of the sample's draw_seed (a resumed run replays them); a new
+    draw seed gives new windows; val/test windows never change; a train sample without one is refused."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"<|pad|>": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    data = sd.StrideDataModule(sd.StrideDataConfig(root=str(tmp_path), window=8))
+    meta = {"duration": 60.0, "streaming": [{"query": "tell me", "spans": [[10.0, 15.0], [30.0, 41.0]]}]}
+
+    def windows(split, draw_seed=None):
+        sample = {"json": meta, "key": "train-000001", "frames": np.zeros((60, 4, 4, 3), np.uint8)}
+        if draw_seed is not None:
+            sample["draw_seed"] = draw_seed
+        item = data.map_sample(sample, split)
+        return np.concatenate([item["clip_end"].numpy(), item["tokens"].numpy().ravel()])
+
+    assert np.array_equal(windows("train", [0, 1, 0, 5]), windows("train", [0, 1, 0, 5]))
+    assert not np.array_equal(windows("train", [0, 1, 0, 5]), windows("train", [0, 2, 0, 5]))
+    assert np.array_equal(windows("val"), windows("val"))
+    with pytest.raises(ValueError, match="draw_seed"):
+        windows("train")

@@ -27,6 +27,12 @@ def test_fit_writes_checkpoint_config_and_report(toy_configs, tmp_path):
     assert (out / "report" / "report.md").read_text() == report
 
 
+def test_last_checkpoint_holds_the_final_step(toy_configs, tmp_path):
+    out = tmp_path / "run"  # 10 steps: not a multiple of checkpoint_every_n_steps (4), mid-epoch (8 batches)
+    run.main(["fit", "--exp", "toy/tiny", "--out", str(out), "trainer.max_steps=10"])
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
+
+
 def test_same_seed_same_weights_other_seed_differs(toy_configs, tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         run.main(["fit", "--exp", "toy/tiny", "--out", str(tmp_path / name), f"seed={seed}"])

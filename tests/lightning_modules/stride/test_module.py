@@ -16,7 +16,7 @@ def world(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("world")
     generate(["--out", str(out), "--videos", "4", "--eval-videos", "2", "--minutes", "1", "1", "--seed", "3",
-              "--shard-size", "2", "--workers", "1"])
+              "--shard-size", "2", "--workers", "1", "--feats"])
     return out
 
 
@@ -130,3 +130,30 @@ def test_mamba2_downstream_summary_matches_a_full_forward_and_answers():
         runner.push(f)
         sizes.append(sum(s.numel() for layer in downstream.states for s in layer))
     assert len(set(sizes)) == 1 and downstream.frames == 12
+
+
+def test_conv_frame_encoder_matches_a_per_frame_loop_and_validates():
+    from lightning_modules.stride.model import ConvFrameEncoder
+
+    cfg = StrideConfig(features="feats", feat_dim=3 * 8 * 8, feat_grid=8, frame_encoder="conv", encoder_channels=4,
+                       encoder_dim=6, window=4, d_model=16, n_heads=2, vocab_size=20,
+                       streaming=StreamingConfig(window=4))
+    assert cfg.slot_dim == 6
+    encoder = ConvFrameEncoder(cfg)
+    feats = torch.rand(2, 5, 3 * 8 * 8, requires_grad=True)
+    out = encoder(feats)
+    assert out.shape == (2, 5, 6)
+    # a whole stream at once equals each frame on its own (what the online runners rely on), and the
+    # (g, g, 3) row-major layout of synthetic --feats is the image the convolutions see
+    for b in range(2):
+        for t in range(5):
+            image = feats[b, t].detach().reshape(8, 8, 3).permute(2, 0, 1)[None] * 2 - 1
+            maps = encoder.convs(image).flatten(2)
+            want = encoder.out(torch.cat([maps.amax(-1), maps.mean(-1)], 1))[0]
+            assert torch.allclose(out[b, t], want, atol=1e-5)
+    out.sum().backward()
+    assert feats.grad is not None and encoder.convs[0].weight.grad is not None
+    with pytest.raises(ValueError, match="feat_grid"):
+        StrideConfig(features="feats", feat_dim=100, frame_encoder="conv")
+    with pytest.raises(ValueError, match="frame_encoder"):
+        StrideConfig(frame_encoder="resnet")

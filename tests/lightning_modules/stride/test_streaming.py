@@ -207,3 +207,29 @@ def test_lockstep_batching_equals_streams_run_alone():
         for a, b in zip(alone, together):
             assert [(t.start, t.end, t.time) for t in a.triggers] == [(t.start, t.end, t.time) for t in b.triggers]
             assert torch.allclose(torch.tensor(a.p_active), torch.tensor(b.p_active), atol=1e-5)
+
+
+def test_close_confident_waits_for_a_sure_end():
+    # span [5, 10); the first inactive slot after it (10) is predicted with confidence 0.6 < threshold,
+    # slot 11 with 0.99: plain rule closes at frame 10 (a sure end is not needed); close_confident waits
+    # for frame 11, whose sure inactive label makes the stretch [10, ...) a sure end, and keeps end = 10
+    truth = truth_with([(5, 10)], 20)
+    stream = stream_of(truth)
+    stream[10, 1] = 0.6
+    plain = StreamingRunner(ScriptedDenoiser(), StreamingConfig(window=8, steps=1), "q", QUERY_IDS, feat_dim=2)
+    plain.run(stream)
+    assert [(t.start, t.end, t.time) for t in plain.triggers] == [(5.0, 10.0, 11.0)]
+    sure = StreamingRunner(ScriptedDenoiser(), StreamingConfig(window=8, steps=1, close_confident=True), "q",
+                           QUERY_IDS, feat_dim=2)
+    sure.run(stream)
+    assert [(t.start, t.end, t.time) for t in sure.triggers] == [(5.0, 10.0, 12.0)]
+
+
+def test_close_confident_never_closes_on_unsure_inactive_labels():
+    truth = truth_with([(3, 6)], 12)
+    stream = stream_of(truth)
+    stream[6:, 1] = 0.55  # every slot after the span is an unsure "inactive"
+    runner = StreamingRunner(ScriptedDenoiser(), StreamingConfig(window=8, steps=1, close_confident=True), "q",
+                             QUERY_IDS, feat_dim=2)
+    runner.run(stream)
+    assert runner.triggers == []
