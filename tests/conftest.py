@@ -4,6 +4,11 @@ import os
 import pytest
 import torch
 
+# Without CUDA, Triton kernels run in the interpreter. It must be set before any @triton.jit in
+# kernels/ is evaluated, and any test folder may import them (through a model), so set it here first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Deterministic, quiet, offline: no test may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
