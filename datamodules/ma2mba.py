@@ -11,6 +11,8 @@ and carries labels that are -100 everywhere except on the tokens to learn. Per s
            whole video: S<|user|>[clip 1]caption 1<|endoftext|>[clip 2]caption 2<|endoftext|>...
 - stage2   (QA SFT): one item per video holding all its questions (QA grouped per video):
            S<|user|>[video]Q1<|endoftext|><|assistant|>A1<|endoftext|><|user|>Q2<|endoftext|><|assistant|>A2...
+           or, with `question_first`, one item per question, asked before and after the video:
+           S<|user|>Q[video]Q<|endoftext|><|assistant|>A<|endoftext|>
 
 Whole-video items of the eval splits also carry, for likelihood scoring of multiple-choice QA, the video
 prefix alone (`video_ids`) and each question's prompt and options as separate token sequences.
@@ -48,6 +50,13 @@ class Ma2mbaDataConfig(ShardDataConfig):
     # N > 0 trains on up to N questions per train video, drawn afresh each time from every question the world's
     # generator can ask of that video's true state (json meta.scenes). Eval splits keep their own QA.
     dense_train_qa: int = 0
+    # stage2: False keeps the paper's prompt (the question only after the video, all of a video's questions in
+    # one sequence). True asks each question before the frames as well as after, one question per item:
+    #     S<|user|>Q<|frame|>...<|frame|>Q<|endoftext|><|assistant|>A<|endoftext|>
+    # so a recurrent LM reads the video knowing what it will be asked (our deviation for the tiny LM trained
+    # from scratch, see lightning_modules/ma2mba/README.md). Eval items then carry one question each, the
+    # question's own video prefix in `video_ids`, and its `preamble` (S<|user|>Q) in the question dict.
+    question_first: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,6 +114,8 @@ class Ma2mbaDataModule(ShardDataModule):
             return [self._caption_item(f"{key}#{i}", video[a:b], caption) for i, (a, b, caption) in enumerate(clips)]
         if self.stage == "stage1_5":
             item = self._interleaved_item(key, video, clips)
+        elif self.cfg.question_first:
+            return self._question_first_items(sample, split)
         else:
             dense = split == "train" and self.cfg.dense_train_qa > 0
             item = self._qa_item(key, doc, video, self._dense_qa(sample) if dense else None)
@@ -146,6 +157,29 @@ class Ma2mbaDataModule(ShardDataModule):
             pieces += [(turn, False), (self.text(qa["answer_text"]) + [self.eot], True)]
         return self._item(key, video, pieces)
 
+    def _question_first_items(self, sample: dict, split: str) -> list[dict]:
+        """One item per question: S<|user|>Q[video]Q<|endoftext|><|assistant|>A<|endoftext|> (answer labelled).
+        Eval items also carry their video prefix S<|user|>Q[video] (`video_ids`) and the question to score, whose
+        `preamble` S<|user|>Q lets the question be asked before another video (the wrong-video control)."""
+        doc, key = sample["json"], sample["key"]
+        video = sample["feats"] if "feats" in sample else sample["frames"]
+        frames = [self.frame] * video.shape[0]
+        if split != "train":
+            items = []
+            for q in self._questions(doc, video.shape[0]):
+                preamble = self._system + self.text(q["question"])
+                q["preamble"] = torch.tensor(preamble)
+                item = self._item(key, video, [(preamble + frames + q["prompt"].tolist(), False),
+                                               (self.text(q["answer_text"]) + [self.eot], True)])
+                item["video_ids"], item["questions"] = torch.tensor(preamble + frames), [q]
+                items.append(item)
+            return items
+        dense = self.cfg.dense_train_qa > 0
+        qas = self._dense_qa(sample) if dense else [qa for _, qa in self._kept_qa(doc, video.shape[0])]
+        return [self._item(key, video, [(self._system + self.text(qa["question"]) + frames, False),
+                                        (self.text(qa["question"]) + [self.eot, self.assistant], False),
+                                        (self.text(qa["answer_text"]) + [self.eot], True)]) for qa in qas]
+
     def _kept_qa(self, doc: dict, num_frames: int) -> list[tuple[int, dict]]:
         """(index, qa) of the questions answerable from the frames kept (data.max_frames may cut the video)."""
         seen = num_frames / self.cfg.fps + 1e-6
@@ -154,8 +188,8 @@ class Ma2mbaDataModule(ShardDataModule):
         return kept if self.cfg.max_questions is None else kept[: self.cfg.max_questions]
 
     def _dense_qa(self, sample: dict) -> list[dict]:
-        """Up to `dense_train_qa` questions, in random order, out of every one the synthetic world can ask of this
-        video's true state (`meta.scenes`), keeping those answerable from the frames kept (as `_kept_qa`)."""
+        """Up to `dense_train_qa` distinct questions out of every one the synthetic world can ask of this video's
+        true state (`meta.scenes`), keeping those answerable from the frames kept (as `_kept_qa`)."""
         doc = sample["json"]
         scenes = doc.get("meta", {}).get("scenes")
         if not isinstance(scenes, list):
@@ -166,12 +200,23 @@ class Ma2mbaDataModule(ShardDataModule):
                         shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]])
             for s in scenes])  # period and phase only drive rendering, never a question
         # max_objects only widens the count questions' option list, which training never reads.
-        candidates = [c for pool in world._qa_candidates(video, max_objects=4).values() for c in pool]
         seen = sample["frames" if "frames" in sample else "feats"].shape[0] / self.cfg.fps + 1e-6
-        kept = [{"question": c["question"], "answer_text": c["answer"]} for c in candidates
-                if all(scenes[i]["end"] <= seen for i in c["segments"])]
-        self._rng.shuffle(kept)
-        return kept[: self.cfg.dense_train_qa]
+        pools = {template: [c for c in pool if all(scenes[i]["end"] <= seen for i in c["segments"])]
+                 for template, pool in world._qa_candidates(video, max_objects=4).items()}
+        # Drawn as the world draws its own questions: a question type uniformly, then an answer uniformly among
+        # that type's answers, then a question with it, so the answer priors stay as flat as in val and test
+        # (a uniform draw over candidates would favour e.g. "one" for every count question).
+        drawn = []
+        while len(drawn) < self.cfg.dense_train_qa:
+            available = sorted(t for t, pool in pools.items() if pool)
+            if not available:
+                break
+            template = self._rng.choice(available)
+            answer = self._rng.choice(sorted({c["answer"] for c in pools[template]}))
+            chosen = self._rng.choice([c for c in pools[template] if c["answer"] == answer])
+            pools[template] = [c for c in pools[template] if c["question"] != chosen["question"]]
+            drawn.append({"question": chosen["question"], "answer_text": chosen["answer"]})
+        return drawn
 
     def _questions(self, doc: dict, num_frames: int) -> list[dict]:
         templates = doc.get("meta", {}).get("qa_templates")
@@ -183,6 +228,7 @@ class Ma2mbaDataModule(ShardDataModule):
                 "prompt": torch.tensor(self.text(qa["question"]) + [self.eot, self.assistant]),
                 "options": [torch.tensor(self.text(o) + [self.eot]) for o in qa["options"]],
                 "answer": int(qa["answer"]), "question": qa["question"], "option_texts": list(qa["options"]),
+                "answer_text": qa["answer_text"],
                 "template": templates[i] if isinstance(templates, list) and i < len(templates) else None,
             })
         return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -179,7 +180,8 @@ def collate_items(items: list[dict]) -> dict:
 
     frames (T, 3, H, W) float in [0, 1] (or feats (T, D)): every sampled frame of the batch, video after video;
     seg_frame_index (N, F) into T, seg_frame_mask (N, F); video_segments (B, S) into N, video_segment_mask (B, S);
-    query_video (Q,) into B; query_ids / query_mask (Q, L); labels (Q, S) multi-hot; prompt_ids / prompt_mask;
+    query_video (Q,) into B; query_is_caption (Q,) bool; query_ids / query_mask (Q, L); labels (Q, S) multi-hot;
+    prompt_ids / prompt_mask;
     answer_ids / answer_mask; options_ids / options_mask (Q, O, Lo); answer_index (Q,) (-1: open-ended);
     segment_token_id; plus `meta` (keys, texts, segment times) for reports.
     """
@@ -219,6 +221,7 @@ def collate_items(items: list[dict]) -> dict:
         "seg_frame_index": seg_frame_index, "seg_frame_mask": seg_frame_mask,
         "video_segments": segments, "video_segment_mask": segment_mask,
         "query_video": torch.tensor(query_video, dtype=torch.long),
+        "query_is_caption": torch.tensor([q["kind"] == "caption" for q in queries], dtype=torch.bool),
         "query_ids": query_ids, "query_mask": query_mask, "labels": labels,
         "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
         "answer_ids": answer_ids, "answer_mask": answer_mask,
@@ -248,6 +251,18 @@ class SalovaDataModule(ShardDataModule):
     @property
     def vocab_size(self) -> int:
         return self.tokens.vocab_size
+
+    def world_chance(self, split: str) -> dict[str, float]:
+        """The chance levels `ROOT/world.json` records for a split (synthetic worlds only: e.g. `qa_accuracy`,
+        `prior.qa_accuracy` = the text-only prior); {} for data without a world.json (converted real sets)."""
+        path = Path(self.config.root) / "world.json"
+        if not path.is_file():
+            return {}
+        world = json.loads(path.read_text())
+        try:
+            return dict(world["splits"][split]["chance"])
+        except KeyError as err:
+            raise ValueError(f"{path}: no splits.{split}.chance ({err} missing)") from None
 
     def map_sample(self, sample: dict, split: str) -> list[dict]:
         video = sample["frames"] if "frames" in sample else sample["feats"]

@@ -69,7 +69,9 @@ class Ma2mbaModule(L.LightningModule):
         self.train_ppl, self.val_ppl, self.test_ppl = Perplexity(), Perplexity(), Perplexity()
         self.val_qa, self.test_qa = MultipleChoiceAccuracy(), MultipleChoiceAccuracy()
         self.test_records: list[dict] = []
-        self._other_video_states = None
+        # The wrong-video control: the last two distinct test videos seen, (key, video, states after its prefix).
+        self._this_video: Optional[tuple] = None
+        self._other_video: Optional[tuple] = None
 
     # ------------------------------------------------------------------------------------------ steps
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor]:
@@ -92,7 +94,7 @@ class Ma2mbaModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_records = []
-        self._other_video_states = None  # the previous test video's state: the "wrong video" baseline
+        self._this_video = self._other_video = None  # the previous test video: the "wrong video" baseline
 
     def _eval_step(self, batch: dict, split: str, ppl: Perplexity, qa: MultipleChoiceAccuracy) -> None:
         loss, count = self.model_step(batch)
@@ -109,6 +111,9 @@ class Ma2mbaModule(L.LightningModule):
             if video_ids is None or not questions:
                 continue
             states = self.model.video_state(video_ids, video)
+            if split == "test" and (self._this_video is None or self._this_video[0] != key):
+                # data.question_first gives one item per question, several in a row with the same video
+                self._other_video, self._this_video = self._this_video, (key, video, states)
             for q in questions:
                 question = Question(q["prompt"], q["options"], q["answer"])
                 scores = self.model.score_options(states, question)
@@ -116,8 +121,6 @@ class Ma2mbaModule(L.LightningModule):
                 scored += 1
                 if split == "test":
                     self._record(key, q, scores, states, question)
-            if split == "test":
-                self._other_video_states = states
         if scored:
             self.log(f"{split}/qa_accuracy", qa, batch_size=scored)
 
@@ -125,13 +128,23 @@ class Ma2mbaModule(L.LightningModule):
         record = {"key": key, "question": q["question"], "options": q["option_texts"], "answer": q["answer"],
                   "pred": int(scores.argmax()), "scores": [round(float(s), 3) for s in scores],
                   "template": q["template"]}
-        if self._other_video_states is not None:
-            # The same question asked after another video: what the LM gets from the text alone (its priors).
-            record["pred_other_video"] = int(self.model.score_options(self._other_video_states, question).argmax())
+        if self._other_video is not None:
+            # The same question asked about another video: what the LM gets from the text alone (its priors).
+            record["pred_other_video"] = int(self.model.score_options(self._other_states(q), question).argmax())
         if self.decode is not None and len(self.test_records) < self.config.report_examples:
             ids = self.model.generate_answer(states, q["prompt"])
             record["generated"] = self.decode(ids.tolist())
         self.test_records.append(record)
+
+    def _other_states(self, q: dict) -> list:
+        """The LM's state after the previous test video; a question asked before the frames (`preamble`,
+        data.question_first) is asked before that video too, so only the video differs."""
+        _, video, states = self._other_video
+        if "preamble" not in q:
+            return states
+        preamble = q["preamble"]
+        frames = preamble.new_full((video.shape[0],), self.model.tokens.frame)
+        return self.model.video_state(torch.cat([preamble, frames]), video)
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):

@@ -28,8 +28,13 @@ class ConnectorConfig:
     max_frames: int = 8  # size of the learned frame-embedding table = most frames a segment may bring
     token_drop: float = 0.0  # max fraction of media tokens dropped in training (paper 0.0 / 0.7 / 0.4 by stage)
     projector_depth: int = 2  # MLP projector to the LLM width
+    # vision.mode feats only: cut each frame's (G, G, 3) pooled-RGB feature (the synthetic world's feats.npy)
+    # into feats_grid x feats_grid patch tokens, as a ViT's patch tokens; 0 = the whole vector as one token.
+    feats_grid: int = 0
 
     def __post_init__(self):
+        if self.feats_grid < 0:
+            raise ValueError(f"model.connector.feats_grid: {self.feats_grid} must be >= 0 (0 = one token per frame)")
         for key in ("width", "num_latents", "depth", "heads", "max_frames", "projector_depth"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.connector.{key}: {getattr(self, key)} must be >= 1")
@@ -170,6 +175,9 @@ class SalovaConfig:
             raise ValueError("model.trainable names 'vision' but model.vision.frozen is true; set one or the other")
         if "text" in self.trainable and self.text.mode == "tower" and self.text.tower.frozen:
             raise ValueError("model.trainable names 'text' but model.text.tower.frozen is true; set one or the other")
+        if self.connector.feats_grid and self.vision.mode != "feats":
+            raise ValueError(f"model.connector.feats_grid: {self.connector.feats_grid} cuts precomputed features "
+                             f"into patches; it needs model.vision.mode 'feats', not {self.vision.mode!r}")
         if not self.eval_k or min(self.eval_k) < 1:
             raise ValueError(f"model.eval_k: {self.eval_k} must be a non-empty list of k >= 1")
         if self.report_examples < 0:

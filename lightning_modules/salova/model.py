@@ -91,12 +91,13 @@ class STConnector(nn.Module):
     The CLS latent starts from the mean of the real frames' global tokens; padded frames are masked everywhere.
     """
 
-    def __init__(self, vision_dim: int, tokens_per_frame: int, out_dim: int, cfg: ConnectorConfig):
+    def __init__(self, vision_dim: int, tokens_per_frame: int, out_dim: int, cfg: ConnectorConfig,
+                 global_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
         width = cfg.width
         self.media_in = nn.Linear(vision_dim, width)
-        self.cls_in = nn.Linear(vision_dim, width)
+        self.cls_in = nn.Linear(vision_dim if global_dim is None else global_dim, width)
         self.spatial = nn.Parameter(0.02 * torch.randn(tokens_per_frame, width))
         self.frame = nn.Parameter(0.02 * torch.randn(cfg.max_frames, width))
         self.latents = nn.Parameter(0.02 * torch.randn(cfg.num_latents, width))
@@ -188,6 +189,20 @@ class SRRouter(nn.Module):
         scale = self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
         scores = scale * cos
         return RouterOutput(scores=scores, cos=cos, logits=scores + self.logit_bias, mask=segment_mask)
+
+
+def feats_to_patches(feats: Tensor, grid: int) -> Tensor:
+    """Pooled-RGB frame features (..., G*G*3), laid out (G, G, 3) row-major, -> (..., grid*grid, (G/grid)^2*3)
+    patch tokens in row-major patch order, each patch's cells row-major, RGB innermost (a ViT's patchify)."""
+    d = feats.shape[-1]
+    side = math.isqrt(d // 3)
+    if side * side * 3 != d or side % grid:
+        raise ValueError(f"model.connector.feats_grid: features of width {d} are not (G, G, 3) with G a multiple "
+                         f"of {grid}")
+    cell = side // grid
+    x = feats.unflatten(-1, (grid, cell, grid, cell, 3))  # (..., gy, cy, gx, cx, 3)
+    x = x.movedim(-4, -3)  # (..., gy, gx, cy, cx, 3)
+    return x.flatten(-5, -4).flatten(-3)
 
 
 def select_top_k(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -289,7 +304,14 @@ class SalovaModel(nn.Module):
         self.vision = VisionEncoder(cfg.vision)
         self.llm = build_llm(cfg.llm, vocab_size)
         llm_dim = self.llm.get_input_embeddings().embedding_dim
-        self.connector = STConnector(self.vision.out_dim, self.vision.tokens_per_frame, llm_dim, cfg.connector)
+        grid = cfg.connector.feats_grid
+        if grid:
+            cell = math.isqrt(self.vision.out_dim // 3) // grid
+            media_dim, tokens_per_frame = cell * cell * 3, grid * grid
+        else:
+            media_dim, tokens_per_frame = self.vision.out_dim, self.vision.tokens_per_frame
+        self.connector = STConnector(media_dim, tokens_per_frame, llm_dim, cfg.connector,
+                                     global_dim=self.vision.out_dim)
         self.text = build_text_tower(cfg.text, vocab_size)
         self.router = SRRouter(cfg.connector.width, self.text.out_dim, cfg.router)
 
@@ -297,6 +319,8 @@ class SalovaModel(nn.Module):
     def encode_segments(self, batch: dict) -> tuple[Tensor, Tensor]:
         """-> segment tokens (N, K + 1, D_llm) (index 0 = the global/CLS token), CLS latents (N, W)."""
         tokens, global_tokens = self.vision.encode(batch["frames"], return_global=True)  # (T, P, Dv), (T, Dv)
+        if self.cfg.connector.feats_grid:
+            tokens = feats_to_patches(global_tokens, self.cfg.connector.feats_grid)  # (T, grid^2, Dv / grid^2)
         index, mask = batch["seg_frame_index"], batch["seg_frame_mask"]
         return self.connector(tokens[index], global_tokens[index], mask)
 
@@ -309,7 +333,12 @@ class SalovaModel(nn.Module):
 
     def choose(self, batch: dict, router: RouterOutput, k: int, teacher_forcing: bool) -> tuple[Tensor, Tensor]:
         if teacher_forcing:
-            return ground_truth_segments(batch["labels"], router.mask, k, router.scores)
+            # A question names what it asks about, so the LLM can learn to find it among k segments (filled
+            # with the router's best others); "describe the scene" does not: a caption query reads its own.
+            filled, filled_valid = ground_truth_segments(batch["labels"], router.mask, k, router.scores)
+            own, own_valid = ground_truth_segments(batch["labels"], router.mask, k)
+            caption = batch["query_is_caption"][:, None]
+            return torch.where(caption, own, filled), torch.where(caption, own_valid, filled_valid)
         return select_top_k(router.scores.detach(), router.mask, k)
 
     def video_prefix(self, batch: dict, segment_tokens: Tensor, chosen: Tensor, chosen_valid: Tensor,

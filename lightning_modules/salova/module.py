@@ -228,6 +228,9 @@ class SalovaModule(L.LightningModule):
                                                             for r in qa)
         if qa:
             metrics["chance.qa_accuracy"] = _mean(1.0 / len(r["options"]) for r in qa)
+            prior = self._world_chance("test").get("prior.qa_accuracy")
+            if prior is not None:
+                metrics["text_prior.qa_accuracy"] = float(prior)
 
         kinds = sorted({r["kind"] for r in records})
         lines = ["## SALOVA: segment retrieval and QA on the held-out split", "",
@@ -247,6 +250,10 @@ class SalovaModule(L.LightningModule):
         if qa:
             lines.append(f"| QA accuracy | {metrics['ablation.full.qa_accuracy']:.3f} | chance | "
                          f"{metrics['chance.qa_accuracy']:.3f} |")
+            if "text_prior.qa_accuracy" in metrics:
+                lines.append(f"| QA accuracy | {metrics['ablation.full.qa_accuracy']:.3f} | text-only prior (per "
+                             f"template, the option most often right in train; world.json) | "
+                             f"{metrics['text_prior.qa_accuracy']:.3f} |")
         most = max(len(r["scores"]) for r in records)
         lines += ["", f"Held-out videos where the router puts the answer segment in its top-{top_k} for most "
                       f"queries: {metrics['videos_with_answer_in_top_k']:.0%}. With "
@@ -297,6 +304,12 @@ class SalovaModule(L.LightningModule):
                       f"answer segments {positives}, router top-{top_k} {sorted(top.tolist())}", "",
                       f"![example {i}]({name})", ""]
         return metrics, "\n".join(lines)
+
+    def _world_chance(self, split: str) -> dict[str, float]:
+        """The synthetic world's recorded chance levels (world.json, through the datamodule), {} without them."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        world_chance = getattr(datamodule, "world_chance", None)
+        return world_chance(split) if world_chance is not None else {}
 
     @staticmethod
     def _plot_example(record: dict, path: Path, top_k: int) -> None:

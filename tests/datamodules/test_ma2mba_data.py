@@ -84,6 +84,35 @@ def test_stage2_groups_all_questions_of_a_video_and_labels_answers_only(tiny_wor
     assert torch.equal(item["input_ids"][: len(first)], first)
 
 
+def test_question_first_asks_each_question_before_and_after_the_video(tiny_world):
+    dm = _module(tiny_world, "stage2", question_first=True)
+    head = "<|system|>" + dm.cfg.system_prompt + "<|user|>"
+    for split in ("train", "val"):
+        sample = _first_sample(dm, split)
+        qa, frames = sample["json"]["qa"], "<|frame|>" * sample["frames"].shape[0]
+        items = dm.map_sample(sample, split)
+        assert len(items) == len(qa)  # one question per item, each reading the whole video
+        for item, q in zip(items, qa):
+            text = dm.decode(item["input_ids"].tolist())
+            assert text == (head + q["question"] + frames + q["question"] + "<|endoftext|><|assistant|>"
+                            + q["answer_text"] + "<|endoftext|>")
+            assert _labelled_text(dm, item) == q["answer_text"] + "<|endoftext|>"  # the answer only
+            assert torch.equal(item["video"], sample["frames"])
+        if split == "train":
+            assert all(item["video_ids"] is None and item["questions"] == [] for item in items)
+            continue
+        for item, q in zip(items, qa):
+            # Eval: the question's own video prefix, then its prompt and options continue it exactly as in training.
+            (question,) = item["questions"]
+            assert dm.decode(question["preamble"].tolist()) == head + q["question"]
+            assert dm.decode(item["video_ids"].tolist()) == head + q["question"] + frames
+            right = torch.cat([item["video_ids"], question["prompt"], question["options"][q["answer"]]])
+            assert torch.equal(item["input_ids"], right)
+    dense = _module(tiny_world, "stage2", question_first=True, dense_train_qa=3)
+    items = dense.map_sample(_first_sample(dense, "train"), "train")
+    assert len(items) == 3 and all(dense.decode(it["input_ids"].tolist()).count("<|assistant|>") == 1 for it in items)
+
+
 def test_max_frames_drops_questions_about_unseen_segments(tiny_world):
     full = _module(tiny_world, "stage2")
     cut = _module(tiny_world, "stage2", max_frames=20)
@@ -119,6 +148,38 @@ def test_dense_train_qa_draws_from_every_question_of_the_true_state(tiny_world):
         few.map_sample(sample, "train")
     with pytest.raises(ValueError, match="dense_train_qa"):
         Ma2mbaDataConfig(root=str(tiny_world), dense_train_qa=-1)
+
+
+def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_world):
+    from collections import Counter
+
+    from datamodules.ma2mba import world
+
+    dm = _module(tiny_world, "stage2", dense_train_qa=1)
+    sample = _first_sample(dm, "train")
+    # Every candidate question of this video (a draw larger than the pool takes them all), and each one's type.
+    everything = _module(tiny_world, "stage2", dense_train_qa=10_000)._dense_qa(sample)
+    assert len({q["question"] for q in everything}) == len(everything)  # distinct questions
+    scenes = sample["json"]["meta"]["scenes"]
+    template_of = {}
+    video = world.Video(duration=sample["json"]["num_frames"], scenes=[
+        world.Scene(s["start"], s["end"], s["texture"], s["tint"], revisit_of=s["revisit_of"],
+                    shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]]) for s in scenes])
+    for template, pool in world._qa_candidates(video, max_objects=4).items():
+        template_of.update({c["question"]: template for c in pool})
+    draws = 1200
+    picked = [dm._dense_qa(sample)[0] for _ in range(draws)]
+    by_type = Counter(template_of[q["question"]] for q in picked)
+    types = {template_of[q["question"]] for q in everything}
+    assert set(by_type) == types
+    for count in by_type.values():  # each question type about equally often, however many questions it has
+        assert abs(count / draws - 1 / len(types)) < 0.35 / len(types)
+    # Within a type, each answer about equally often (a uniform draw over questions would favour common answers).
+    busiest = max(types, key=lambda t: len({q["answer_text"] for q in everything if template_of[q["question"]] == t}))
+    answers = Counter(q["answer_text"] for q in picked if template_of[q["question"]] == busiest)
+    assert len(answers) >= 2
+    share = [c / sum(answers.values()) for c in answers.values()]
+    assert max(share) - min(share) < 0.7 / len(answers)
 
 
 def test_collate_pads_tokens_and_keeps_videos_apart(tiny_world):

@@ -1,6 +1,7 @@
 """SALOVA data: segments -> sampled frames, queries -> multi-hot labels and prompts, padded multi-video batches."""
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -128,3 +129,16 @@ def test_datamodule_reads_a_generated_world(tmp_path):
         assert [j for j, v in enumerate(batch["labels"][q].tolist()) if v] == meta["segments"]
         assert meta["options"][meta["answer_index"]] == meta["answer"]
     assert data.vocab_size == data.tokens.llm.get_vocab_size()
+    world = json.loads((root / "world.json").read_text())
+    assert data.world_chance("test") == world["splits"]["test"]["chance"]
+    assert 0.0 <= data.world_chance("test")["prior.qa_accuracy"] <= 1.0
+    (root / "world.json").unlink()  # converted real data has no world: no recorded chance levels
+    assert data.world_chance("test") == {}
+
+
+def test_world_chance_names_a_missing_split(tmp_path):
+    (tmp_path / "world.json").write_text(json.dumps({"splits": {"train": {"chance": {"qa_accuracy": 0.25}}}}))
+    data = SalovaDataModule.__new__(SalovaDataModule)  # world_chance reads only config.root
+    data.config = SalovaDataConfig(root=str(tmp_path))
+    with pytest.raises(ValueError, match="world.json: no splits.test.chance"):
+        data.world_chance("test")

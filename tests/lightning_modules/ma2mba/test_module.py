@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 
+from lightning_modules.ma2mba.model import Question
 from lightning_modules.ma2mba.module import Ma2mbaModule, Perplexity
 
-from .test_model import TOKENS, tiny_config
+from .test_model import TOKENS, VOCAB, _score_from_scratch, tiny_config, video
 
 
 def _optimizer(module, steps=100):
@@ -78,3 +80,39 @@ def test_report_puts_accuracy_beside_chance_and_the_paper(tmp_path):
     assert metrics["prior.qa_accuracy"] == 0.3
     assert "| chance | 0.250 |" in section and "Video-MME" in section and "45.2" in section
     assert (tmp_path / "ma2mba_qa_by_type.png").exists()
+
+
+def test_wrong_video_control_asks_a_question_first_question_before_the_previous_video(monkeypatch):
+    """data.question_first: one item per question, the question also read before the frames. The control must
+    ask this same question (preamble included) before the previous *video*, not reuse another question's state."""
+    torch.manual_seed(0)
+    module = Ma2mbaModule(tiny_config(), TOKENS).eval()
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    g = torch.Generator().manual_seed(1)
+    frames = {"a": video(4, seed=1), "b": video(6, seed=2)}
+
+    def question_item(key):
+        preamble = torch.randint(6, VOCAB, (5,), generator=g)
+        prompt = torch.randint(6, VOCAB, (3,), generator=g)
+        options = [torch.randint(6, VOCAB, (k,), generator=g) for k in (1, 2, 3, 2)]
+        video_ids = torch.cat([preamble, torch.full((frames[key].shape[0],), TOKENS.frame)])
+        q = {"prompt": prompt, "options": options, "answer": 2, "question": "?", "option_texts": list("wxyz"),
+             "template": None, "preamble": preamble}
+        ids = torch.cat([video_ids, prompt, options[2]])
+        return {"input_ids": ids[None], "labels": ids[None], "lengths": torch.tensor([len(ids)]),
+                "videos": [frames[key]], "keys": [key], "video_ids": [video_ids], "questions": [[q]]}
+
+    batches = [question_item(k) for k in ("a", "a", "b", "b")]
+    module.on_test_epoch_start()
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            module.test_step(batch, i)
+    records = module.test_records
+    assert ["pred_other_video" in r for r in records] == [False, False, True, True]  # a's 2nd question: same video
+    for record, batch in zip(records[2:], batches[2:]):
+        q = batch["questions"][0][0]
+        other_ids = torch.cat([q["preamble"], torch.full((frames["a"].shape[0],), TOKENS.frame)])
+        expected = _score_from_scratch(module.model, other_ids, frames["a"], Question(q["prompt"], q["options"], 2))
+        assert record["pred_other_video"] == int(expected.argmax())
+        assert record["pred"] == int(_score_from_scratch(module.model, batch["video_ids"][0], frames["b"],
+                                                         Question(q["prompt"], q["options"], 2)).argmax())

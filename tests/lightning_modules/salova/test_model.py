@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from lightning_modules.salova.config import ConnectorConfig, RouterConfig, SalovaConfig
 from lightning_modules.salova.model import (
-    SalovaModel, SRRouter, STConnector, ground_truth_segments, router_bce, router_margin, select_top_k,
+    SalovaModel, SRRouter, STConnector, feats_to_patches, ground_truth_segments, router_bce, router_margin,
+    select_top_k,
 )
 
 from .helpers import make_batch, make_tokens, tiny_config
@@ -118,6 +119,29 @@ def test_ground_truth_segments_are_the_first_k_positives_in_order():
     mask[1, 3] = False  # a padded segment is never chosen
     index, valid = ground_truth_segments(labels, mask, 3, scores)
     assert index[1][valid[1]].tolist() == [0, 1, 2]
+
+
+def test_teacher_forcing_fills_questions_to_k_and_shows_captions_their_own(tmp_path):
+    tokens = make_tokens(tmp_path)
+    torch.manual_seed(0)
+    model = SalovaModel(tiny_config(), tokens.vocab_size).eval()
+    batch = make_batch(tokens, videos=3, seed=5, queries="both")
+    assert batch["query_is_caption"].any() and not batch["query_is_caption"].all()
+    with torch.no_grad():
+        _, segment_cls = model.encode_segments(batch)
+        router = model.route(batch, segment_cls)
+        chosen, valid = model.choose(batch, router, 3, teacher_forcing=True)
+    for q, caption in enumerate(batch["query_is_caption"].tolist()):
+        positives = [j for j, v in enumerate(batch["labels"][q].tolist()) if v > 0.5]
+        picked = chosen[q][valid[q]].tolist()
+        if caption:
+            assert picked == positives[:3]
+        else:
+            real = int(router.mask[q].sum())
+            assert len(picked) == min(3, real) and set(positives[:3]) <= set(picked) and picked == sorted(picked)
+            others = [j for j in range(real) if j not in positives]
+            best_others = sorted(others, key=lambda j: -router.scores[q, j].item())[:len(picked) - len(positives[:3])]
+            assert set(picked) - set(positives) == set(best_others)
 
 
 def test_router_scores_are_scaled_cosines_in_segment_order():
@@ -239,3 +263,48 @@ def test_lm_loss_trains_only_on_answer_tokens(tmp_path):
             nll = F.cross_entropy(logits[start - 1:start - 1 + answer.shape[0]], answer)
             assert out.lm_nll[q].item() == pytest.approx(nll.item(), abs=1e-4)
             assert (labels[q] != -100).sum() == answer.shape[0]
+
+
+@pytest.mark.parametrize("side, grid, lead", [(16, 4, (5,)), (8, 2, (2, 3)), (6, 3, ()), (4, 1, (1,))])
+def test_feats_to_patches_matches_a_loop_over_patches(side, grid, lead):
+    image = torch.randn(*lead, side, side, 3)  # the (G, G, 3) row-major layout of the world's feats.npy
+    patches = feats_to_patches(image.flatten(-3), grid)
+    cell = side // grid
+    reference = torch.stack([image[..., gy * cell:(gy + 1) * cell, gx * cell:(gx + 1) * cell, :].flatten(-3)
+                             for gy in range(grid) for gx in range(grid)], dim=-2)
+    assert patches.shape == (*lead, grid * grid, cell * cell * 3)
+    assert torch.equal(patches, reference)
+
+
+def test_feats_to_patches_rejects_features_that_are_not_a_grid():
+    with pytest.raises(ValueError, match="feats_grid"):
+        feats_to_patches(torch.randn(2, 100), 2)  # not (G, G, 3)
+    with pytest.raises(ValueError, match="feats_grid"):
+        feats_to_patches(torch.randn(2, 6 * 6 * 3), 4)  # 6 cells do not split into 4 patches
+
+
+def test_feats_patch_tokens_reach_the_connector_and_train(tmp_path):
+    from lightning_modules.common.vision import VisionConfig
+
+    tokens = make_tokens(tmp_path)
+    torch.manual_seed(0)
+    cfg = tiny_config(vision=VisionConfig(mode="feats", feats_dim=8 * 8 * 3),
+                      connector=ConnectorConfig(width=32, num_latents=4, depth=2, heads=2, max_frames=8,
+                                                feats_grid=2))
+    model = SalovaModel(cfg, tokens.vocab_size)
+    assert model.connector.media_in.in_features == 4 * 4 * 3 and model.connector.spatial.shape[0] == 4
+    assert model.connector.cls_in.in_features == 8 * 8 * 3  # the CLS still starts from the whole frame
+    batch = make_batch(tokens, videos=2, seed=4)
+    batch["frames"] = torch.rand(batch["frames"].shape[0], 8 * 8 * 3)
+    out = model(batch)
+    bce, margin = model.router_loss(batch, out.router)
+    (out.lm_loss + bce + margin).backward()
+    assert torch.isfinite(out.lm_loss)
+    assert model.connector.media_in.weight.grad.abs().sum() > 0
+    # Moving one patch's pixels changes the tokens of that patch only.
+    feats = batch["frames"]
+    moved = feats.view(-1, 8, 8, 3).clone()
+    moved[:, 4:, :4] += 1.0  # bottom-left patch
+    patches, patches_moved = feats_to_patches(feats, 2), feats_to_patches(moved.flatten(1), 2)
+    changed = (patches != patches_moved).any(-1).any(0)
+    assert changed.tolist() == [False, False, True, False]

@@ -33,6 +33,10 @@ def test_config_errors_name_the_key():
         ConnectorConfig(token_drop=1.0)
     with pytest.raises(ValueError, match="vision.frozen"):
         SalovaConfig(trainable=["vision", "router"])
+    with pytest.raises(ValueError, match="feats_grid"):
+        SalovaConfig(connector=ConnectorConfig(feats_grid=4))  # the default vision tower reads frames, not feats
+    with pytest.raises(ValueError, match="feats_grid"):
+        ConnectorConfig(feats_grid=-1)
 
 
 def test_tiny_pipeline_fits_tests_and_reports(tmp_path):
@@ -41,7 +45,7 @@ def test_tiny_pipeline_fits_tests_and_reports(tmp_path):
     from experiments import run
 
     root = tmp_path / "world"
-    generate(GenerateConfig(out=str(root), videos=4, eval_videos=2, shard_size=4, workers=1),
+    generate(GenerateConfig(out=str(root), videos=4, eval_videos=2, shard_size=4, workers=1, feats=True),
              WorldConfig(minutes=(1.0, 1.0), scenes=(3, 4), qa_per_video=2), progress=False)
     out = tmp_path / "run"
     assert run.main(["fit", "--exp", "salova/tiny", "--out", str(out), f"data.root={root}", *SMALL]) == 0
@@ -53,8 +57,10 @@ def test_tiny_pipeline_fits_tests_and_reports(tmp_path):
         assert name in metrics, f"{name} missing from metrics.json: {sorted(metrics)}"
         assert 0.0 <= metrics[name] <= 1.0
     assert metrics["chance.qa_accuracy"] == pytest.approx(0.25)
+    world = json.loads((root / "world.json").read_text())
+    assert metrics["text_prior.qa_accuracy"] == world["splits"]["test"]["chance"]["prior.qa_accuracy"]
     report = (out / "report" / "report.md").read_text()
-    assert "SALOVA" in report and "random" in report and "chance" in report
+    assert "SALOVA" in report and "random" in report and "chance" in report and "text-only prior" in report
     assert (out / "report" / "salova_example_0.png").is_file()
     # Both stages ran and the second started from the first's weights.
     first = torch.load(out / "stages" / "1-tiny_stage1_5" / "checkpoints" / "last.ckpt", weights_only=False)
