@@ -58,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             fit(cfg, out, ckpt=args.ckpt)
         return 0
+    if cfg.stages:  # a pipeline is evaluated as its last stage, with the pipeline's shared keys
+        cfg = _last_stage(cfg, args.overrides)
     ckpt = args.ckpt or _default_ckpt(out)
     if args.command == "test":
         evaluate(cfg, out, ckpt)
@@ -89,9 +91,7 @@ def fit(cfg: Any, out: Path, ckpt: Optional[str] = None, run_test: bool = True) 
 
 def fit_pipeline(cfg: Any, out: Path, overrides: list[str]) -> None:
     """Fit `cfg.stages` in order, each from the previous stage's weights; test and report the last."""
-    # The pipeline's own YAML keys (minus `stages`) apply to every stage, under the command line.
-    shared = OmegaConf.to_container(OmegaConf.load(config_lib.experiment_path(cfg.exp)))
-    shared.pop("stages", None)
+    shared = _pipeline_keys(cfg)
     previous: Optional[Path] = Path(cfg.init_from) if cfg.init_from else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_lib.to_yaml(cfg))
@@ -110,10 +110,21 @@ def fit_pipeline(cfg: Any, out: Path, overrides: list[str]) -> None:
             fit(stage_cfg, stage_out, ckpt=resume, run_test=False)
             done.write_text("done\n")
         previous = last
-    final_cfg = config_lib.load(cfg.stages[-1], overrides, extra=shared)
+    final_cfg = _last_stage(cfg, overrides)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(previous, out / "checkpoints" / "last.ckpt")
     evaluate(final_cfg, out, str(out / "checkpoints" / "last.ckpt"))
+
+
+def _pipeline_keys(cfg: Any) -> dict:
+    """The pipeline's own YAML keys (minus `stages`): they apply to every stage, under the command line."""
+    shared = OmegaConf.to_container(OmegaConf.load(config_lib.experiment_path(cfg.exp)))
+    shared.pop("stages", None)
+    return shared
+
+
+def _last_stage(cfg: Any, overrides: list[str]) -> Any:
+    return config_lib.load(cfg.stages[-1], overrides, extra=_pipeline_keys(cfg))
 
 
 def evaluate(cfg: Any, out: Path, ckpt: str) -> None:
@@ -174,6 +185,7 @@ def _trainer(cfg: Any, out: Path, log_as: str) -> L.Trainer:
         save_last=True,
         save_top_k=0,
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+        enable_version_counter=False,  # a resumed run overwrites last.ckpt, never adds last-v1.ckpt
     )
     return L.Trainer(
         **cfg.trainer.lightning_kwargs(),

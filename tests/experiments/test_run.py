@@ -41,7 +41,7 @@ def test_same_seed_same_weights_other_seed_differs(toy_configs, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_pipeline_runs_stages_in_order_and_skips_done(toy_configs, tmp_path, caplog):
+def test_pipeline_runs_stages_in_order_and_skips_done(toy_configs, tmp_path, caplog, monkeypatch):
     out = tmp_path / "pipe"
     assert run.main(["fit", "--exp", "toy/pipeline", "--out", str(out)]) == 0
     stage_a = out / "stages" / "1-stage_a"
@@ -56,6 +56,12 @@ def test_pipeline_runs_stages_in_order_and_skips_done(toy_configs, tmp_path, cap
     with caplog.at_level("INFO", logger="longwatch"):
         run.main(["fit", "--exp", "toy/pipeline", "--out", str(out)])
     assert "stage 1 (toy/stage_a) already done" in caplog.text
+    # `test` on a pipeline evaluates its last stage's config with the pipeline's keys
+    built = []
+    real_build = run._build
+    monkeypatch.setattr(run, "_build", lambda cfg, *a, **k: built.append(cfg) or real_build(cfg, *a, **k))
+    assert run.main(["test", "--exp", "toy/pipeline", "--out", str(out)]) == 0
+    assert [(c.exp, c.model.lr, c.data.batch_size) for c in built] == [("toy/stage_b", 0.01, 4)]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy_configs, tmp_path):
