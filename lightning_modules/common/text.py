@@ -12,7 +12,6 @@ Modes: "tiny" (random init from the small dims, seeded, with a byte-level tokeni
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +30,8 @@ from transformers import (
     SiglipTextConfig,
     SiglipTextModel,
 )
+
+from lightning_modules.common.vision import checked_pretrained_dir
 
 MODES = ("tiny", "pretrained")
 FAMILIES = ("clip", "siglip", "minilm")
@@ -134,7 +135,8 @@ class TextTower(nn.Module):
                 torch.manual_seed(config.seed)
                 self.tower = family["model"](hf_config)
         else:
-            path = _checked_dir(config.path, family["model_types"], config.family)
+            path = checked_pretrained_dir(minilm_path() if config.path is None else config.path, family["model_types"],
+                                          config.family, section="text")
             self.tower = family["model"].from_pretrained(str(path), local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.max_length = min(config.max_length, self.tower.config.max_position_embeddings)
@@ -176,16 +178,3 @@ class TextTower(nn.Module):
         else:
             cls = out.pooler_output
         return tokens, mask, cls
-
-
-def _checked_dir(path: Optional[str], model_types: tuple[str, ...], family: str) -> Path:
-    directory = minilm_path() if path is None else Path(path).expanduser()
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"text.path: {str(directory)!r} holds no config.json; mode 'pretrained' loads a local "
-                                "HF checkpoint directory and never downloads")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in model_types:
-        raise ValueError(f"text.path: {str(config_file)!r} has model_type {model_type!r}, which does not match "
-                         f"text.family {family!r} (expected one of {model_types})")
-    return directory

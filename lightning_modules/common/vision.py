@@ -127,7 +127,7 @@ class VisionEncoder(nn.Module):
                 torch.manual_seed(config.seed)
                 self.tower = family["model"](hf_config)
         else:
-            path = _checked_dir(config.path, family["model_types"], config.family)
+            path = checked_pretrained_dir(config.path, family["model_types"], config.family)
             self.tower = family["model"].from_pretrained(str(path), local_files_only=True)
             mean, std = _pixel_stats(path, mean, std)
             _check_select_layer(config.select_layer, self.tower.config.num_hidden_layers)
@@ -251,17 +251,18 @@ class VisionEncoder(nn.Module):
         return grid.flatten(2).transpose(1, 2)
 
 
-def _checked_dir(path: str, model_types: tuple[str, ...], family: str) -> Path:
-    """A local HF checkpoint dir of the configured family, or a clear error (we never download)."""
+def checked_pretrained_dir(path, model_types: tuple[str, ...], family: str, section: str = "vision") -> Path:
+    """A local HF checkpoint dir of the configured family, or a clear error naming `<section>.path`
+    (we never download). The text tower checks its dirs with it too."""
     directory = Path(path).expanduser()
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"vision.path: {str(directory)!r} holds no config.json; mode 'pretrained' loads a "
+        raise FileNotFoundError(f"{section}.path: {str(directory)!r} holds no config.json; mode 'pretrained' loads a "
                                 "local HF checkpoint directory and never downloads")
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type not in model_types:
-        raise ValueError(f"vision.path: {str(config_file)!r} has model_type {model_type!r}, which does not match "
-                         f"vision.family {family!r} (expected one of {model_types})")
+        raise ValueError(f"{section}.path: {str(config_file)!r} has model_type {model_type!r}, which does not match "
+                         f"{section}.family {family!r} (expected one of {model_types})")
     return directory
 
 
