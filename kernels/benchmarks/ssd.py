@@ -8,7 +8,7 @@ Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); t
 fastest, not the median, because a shared CPU machine only ever adds time. On the CPU
 the fast implementations are timed interleaved in one process so that outside load hits
 them alike; the naive recurrence runs `--naive-reps` times, without warm-up, in its own
-process (it takes minutes).
+process (it takes minutes). Denormal floats are flushed to zero, as in CPU training.
 Memory, CPU: every (implementation, shape, mode) point runs once in a fresh process; we
 read the process's resident set after building the inputs, reset the kernel's peak-RSS
 mark (/proc/self/clear_refs), run, and report VmHWM minus that baseline: the extra
@@ -280,6 +280,10 @@ def main(argv=None):
     parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # As training does on a CPU (experiments/run.py): gradients that travel far back through the decays
+    # become subnormal floats, which cost some CPUs 10-100x per operation and would time the hardware's
+    # slow path, not the algorithm (the naive recurrence's backward suffers most).
+    torch.set_flush_denormal(True)
     if args.point:
         print(json.dumps(cpu_point(*args.point, reps=args.reps or 1)))
         return

@@ -5,15 +5,24 @@ The sequence is cut into chunks of Q tokens. Inside a chunk the scan is a masked
 chunks only the (p, n) state travels, through a short loop over chunks. Memory is
 O(l * Q) per head, never O(l^2); autograd differentiates the plain torch ops.
 
-Letters in the einsums: b batch, c chunk, q and s positions inside a chunk (q the
-target, s the source), g group, r head inside its group (h = g * r), p head dim,
-n state dim. Keeping heads as (g, r) lets every head of a group share one C B^T
-product instead of repeating B and C per head.
+Letters: b batch, c chunk, q and s positions inside a chunk (q the target, s the
+source), g group, r head inside its group (h = g * r), p head dim, n state dim.
+Speed on a CPU comes from the layouts: the r heads of a group share B and C, so the two
+state products (what a chunk adds to the state, what the entering state gives each
+position) fold the heads into one (r * p)-wide matrix per (batch, chunk, group), which
+is the input's own memory layout; only the quadratic in-chunk product needs a per-head
+layout, and it gets one copy of x.
 """
 import torch
 import torch.nn.functional as F
 
 from kernels.ssd.naive import compute_dtype, gate_output, process_dt
+
+# Inside a chunk the work per token grows with Q (the (Q, Q) decay matrix), across chunks
+# it does not; on a CPU 64 is the best trade at Mamba-2 sizes (n 128, p 64), see
+# kernels/benchmarks/results. Larger requested chunks run as several of this size, which
+# changes nothing beyond rounding.
+MAX_CHUNK = 64
 
 
 def _segment_masks(seq_idx, l, num_chunks, chunk):
@@ -44,7 +53,7 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
-    Q = chunk_size
+    Q = min(chunk_size, MAX_CHUNK)
     c = -(-l // Q)
     pad = c * Q - l
     dtype = compute_dtype(x)
@@ -60,46 +69,52 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
         return t.view(b, c, Q, *t.shape[2:])
 
     xc = chunked(x).view(b, c, Q, g, r, p)
-    Bc, Cc = chunked(B), chunked(C)                       # (b, c, Q, g, n)
-    dtc = chunked(dt).view(b, c, Q, g, r).permute(0, 3, 4, 1, 2)  # (b, g, r, c, Q)
-    cum = (dtc * A.to(dtype).view(g, r, 1, 1)).cumsum(-1)  # log-decay from chunk start to q, inclusive
+    Bc = chunked(B).transpose(2, 3)                          # (b, c, g, Q, n), a view
+    Cc = chunked(C).transpose(2, 3)
+    dtc = chunked(dt).view(b, c, Q, g, r)
+    cum = (dtc * A.to(dtype).view(g, r)).cumsum(2)           # log-decay from chunk start to q, inclusive
+    cum_h = cum.permute(0, 1, 3, 4, 2)                       # (b, c, g, r, Q)
 
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     if seq_idx is not None:
-        same, from_prev, end_same = (m[:, None, None] for m in _segment_masks(seq_idx, l, c, Q))
-        causal = causal & same
+        same, from_prev, end_same = _segment_masks(seq_idx, l, c, Q)
+        causal = causal & same[:, :, None, None]             # (b, c, 1, 1, Q, Q)
+        from_prev, end_same = from_prev[..., None, None], end_same[..., None, None]  # (b, c, Q, 1, 1)
 
-    # 1. Inside each chunk: y_q = sum_{s <= q} (C_q . B_s) exp(cum_q - cum_s) dt_s x_s.
+    # 1. Inside each chunk, per head: y_q = sum_{s <= q} (C_q . B_s) exp(cum_q - cum_s) dt_s x_s.
     # masked_fill before exp: the upper triangle holds positive exponents that would overflow.
-    decay = (cum[..., :, None] - cum[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
-    CB = torch.einsum("bcqgn,bcsgn->bgcqs", Cc, Bc)[:, :, None]  # shared by the r heads of a group
+    decay = (cum_h[..., :, None] - cum_h[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
+    CB = (Cc @ Bc.transpose(-1, -2))[:, :, :, None]          # (b, c, g, 1, Q, Q): shared by a group's heads
     # dt_s scales the source token: fold it into x (l * p values) rather than into the (Q, Q) matrix.
-    x_dt = xc * dtc.permute(0, 3, 4, 1, 2)[..., None]
-    y = torch.einsum("bgrcqs,bcsgrp->bcqgrp", CB * decay, x_dt)
+    x_dt = xc * dtc[..., None]                               # (b, c, Q, g, r, p)
+    y_diag = (CB * decay) @ x_dt.permute(0, 1, 3, 4, 2, 5)   # (b, c, g, r, Q, p)
 
-    # 2. The state each chunk adds, as seen at its end: sum_s exp(cum_end - cum_s) dt_s x_s B_s^T.
-    to_end = torch.exp(cum[..., -1:] - cum)
-    chunk_decay = torch.exp(cum[..., -1])                     # (b, g, r, c)
+    # 2. The state each chunk adds, as seen at its end: sum_s exp(cum_end - cum_s) dt_s x_s B_s^T,
+    # all r heads of a group in one (r p, Q) @ (Q, n) product.
+    to_end = torch.exp(cum[:, :, -1:] - cum)                 # (b, c, Q, g, r)
+    chunk_decay = torch.exp(cum[:, :, -1])                   # (b, c, g, r)
     if seq_idx is not None:
         to_end = to_end * end_same
-        chunk_decay = chunk_decay * (from_prev[..., -1])
-    local = torch.einsum("bcsgrp,bcsgn->bcgrpn", x_dt * to_end.permute(0, 3, 4, 1, 2)[..., None], Bc)
+        chunk_decay = chunk_decay * from_prev[:, :, -1]
+    x_end = (x_dt * to_end[..., None]).view(b, c, Q, g, r * p).transpose(2, 3)   # (b, c, g, Q, r p)
+    local = (x_end.transpose(-1, -2) @ Bc).view(b, c, g, r, p, n)
 
-    # 3. Pass the state across chunks: a short sequential loop over l / Q chunks.
+    # 3. Pass the state across chunks, a short sequential loop over l / Q chunks, and
+    # 4. what the state entering a chunk gives its positions: y_q += exp(cum_q) C_q . S_enter,
+    # per group (b, g, Q, n) @ (b, g, n, r p). unbind, not indexing: the backward of
+    # local[:, k] would write a whole zero gradient per chunk.
     state = (x.new_zeros(b, g, r, p, n, dtype=dtype) if initial_states is None
              else initial_states.to(dtype).reshape(b, g, r, p, n))
-    entering = []
-    for k in range(c):
-        entering.append(state)
-        state = chunk_decay[..., k, None, None] * state + local[:, k]
-    entering = torch.stack(entering, dim=1)                  # (b, c, g, r, p, n): state before each chunk
-
-    # 4. What the entering state contributes: y_q += exp(cum_q) C_q . S_enter.
-    from_start = torch.exp(cum)
+    y_off = []
+    for C_k, local_k, decay_k in zip(Cc.unbind(1), local.unbind(1), chunk_decay[..., None, None].unbind(1)):
+        y_off.append(C_k @ state.view(b, g, r * p, n).transpose(-1, -2))
+        state = torch.addcmul(local_k, decay_k, state)
+    y_off = torch.stack(y_off, dim=1).view(b, c, g, Q, r, p).transpose(2, 3)   # (b, c, Q, g, r, p)
+    from_start = torch.exp(cum)                              # (b, c, Q, g, r)
     if seq_idx is not None:
         from_start = from_start * from_prev
-    y_off = torch.einsum("bcqgn,bcgrpn->bcqgrp", Cc, entering) * from_start.permute(0, 3, 4, 1, 2)[..., None]
-    y = (y + y_off).reshape(b, c * Q, h, p)[:, :l]
+    y = y_off * from_start[..., None] + y_diag.permute(0, 1, 4, 2, 3, 5)
+    y = y.reshape(b, c * Q, h, p)[:, :l]
 
     y = gate_output(y, x.to(dtype), D, z).to(x.dtype)
     return (y, state.reshape(b, h, p, n)) if return_final_states else y

@@ -41,6 +41,8 @@ CASES = [
     Case("dt_limit", dt_limit=(0.05, 0.4), init=False),
     Case("seq_idx", l=45, chunk=8, seq_idx=True),
     Case("seq_idx_no_init", l=29, chunk=16, seq_idx=True, init=False, z=False),
+    # A requested chunk above the torch backend's MAX_CHUNK (64) runs as several of 64: 3 of them here.
+    Case("chunk_above_cap", b=1, l=150, h=2, p=4, g=1, n=8, chunk=256, seq_idx=True),
 ]
 
 
