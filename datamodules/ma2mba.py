@@ -57,6 +57,11 @@ class Ma2mbaDataConfig(ShardDataConfig):
     # from scratch, see lightning_modules/ma2mba/README.md). Eval items then carry one question each, the
     # question's own video prefix in `video_ids`, and its `preamble` (S<|user|>Q) in the question dict.
     question_first: bool = False
+    # stage2 with dense_train_qa, train split only: null trains on whole videos. [lo, hi] cuts each train visit to
+    # a window of lo..hi consecutive scenes (drawn uniformly) and asks questions about that window alone, computed
+    # from its true state: a curriculum stage in which the question's scene cannot be missed (our deviation for
+    # the tiny LM, lightning_modules/ma2mba/README.md). Eval splits always see whole videos and their own QA.
+    clip_scenes: Optional[list[int]] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,6 +69,12 @@ class Ma2mbaDataConfig(ShardDataConfig):
             raise ValueError(f"data.max_questions must be >= 1 or null, got {self.max_questions}")
         if self.dense_train_qa < 0:
             raise ValueError(f"data.dense_train_qa must be >= 0, got {self.dense_train_qa}")
+        if self.clip_scenes is not None:
+            if len(self.clip_scenes) != 2 or not 1 <= self.clip_scenes[0] <= self.clip_scenes[1]:
+                raise ValueError(f"data.clip_scenes must be null or [lo, hi] with 1 <= lo <= hi, got {self.clip_scenes}")
+            if self.dense_train_qa < 1:
+                raise ValueError("data.clip_scenes needs data.dense_train_qa >= 1: a window's questions come from "
+                                 f"the world's true state, got dense_train_qa = {self.dense_train_qa}")
         if not self.system_prompt.strip() or not self.caption_prompt.strip():
             raise ValueError("data.system_prompt and data.caption_prompt must not be empty")
 
@@ -116,9 +127,11 @@ class Ma2mbaDataModule(ShardDataModule):
             item = self._interleaved_item(key, video, clips)
         elif self.cfg.question_first:
             return self._question_first_items(sample, split)
+        elif split == "train" and self.cfg.dense_train_qa > 0:
+            video, qas = self._dense_qa(sample)
+            item = self._qa_item(key, doc, video, qas)
         else:
-            dense = split == "train" and self.cfg.dense_train_qa > 0
-            item = self._qa_item(key, doc, video, self._dense_qa(sample) if dense else None)
+            item = self._qa_item(key, doc, video)
         if split != "train":
             item["video_ids"] = torch.tensor(self._system + [self.frame] * video.shape[0])
             item["questions"] = self._questions(doc, video.shape[0])
@@ -174,8 +187,11 @@ class Ma2mbaDataModule(ShardDataModule):
                 item["video_ids"], item["questions"] = torch.tensor(preamble + frames), [q]
                 items.append(item)
             return items
-        dense = self.cfg.dense_train_qa > 0
-        qas = self._dense_qa(sample) if dense else [qa for _, qa in self._kept_qa(doc, video.shape[0])]
+        if self.cfg.dense_train_qa > 0:
+            video, qas = self._dense_qa(sample)
+            frames = [self.frame] * video.shape[0]
+        else:
+            qas = [qa for _, qa in self._kept_qa(doc, video.shape[0])]
         return [self._item(key, video, [(self._system + self.text(qa["question"]) + frames, False),
                                         (self.text(qa["question"]) + [self.eot, self.assistant], False),
                                         (self.text(qa["answer_text"]) + [self.eot], True)]) for qa in qas]
@@ -187,22 +203,32 @@ class Ma2mbaDataModule(ShardDataModule):
                 if all(doc["segments"][s]["end"] <= seen for s in qa["segments"] if s < len(doc["segments"]))]
         return kept if self.cfg.max_questions is None else kept[: self.cfg.max_questions]
 
-    def _dense_qa(self, sample: dict) -> list[dict]:
-        """Up to `dense_train_qa` distinct questions out of every one the synthetic world can ask of this video's
-        true state (`meta.scenes`), keeping those answerable from the frames kept (as `_kept_qa`)."""
+    def _dense_qa(self, sample: dict) -> tuple[torch.Tensor, list[dict]]:
+        """(frames, questions): up to `dense_train_qa` distinct questions out of every one the synthetic world can
+        ask of this video's true state (`meta.scenes`), keeping those answerable from the frames kept (as
+        `_kept_qa`). With `clip_scenes`, frames and questions are those of a window of consecutive scenes."""
         doc = sample["json"]
         scenes = doc.get("meta", {}).get("scenes")
         if not isinstance(scenes, list):
             raise ValueError(f"{sample.get('shard')}:{sample['key']}: data.dense_train_qa needs the synthetic "
                              "world's true state in json meta.scenes, which this sample lacks")
-        video = world.Video(duration=doc["num_frames"], scenes=[
+        frames = sample["frames" if "frames" in sample else "feats"]
+        seen = frames.shape[0] / self.cfg.fps + 1e-6
+        scenes = [s for s in scenes if s["end"] <= seen]  # scenes cut by data.max_frames are never asked about
+        if self.cfg.clip_scenes is not None and scenes:
+            lo, hi = self.cfg.clip_scenes
+            size = self._rng.randint(min(lo, len(scenes)), min(hi, len(scenes)))
+            first = self._rng.randrange(len(scenes) - size + 1)
+            scenes = scenes[first:first + size]
+            offset = scenes[0]["start"]
+            frames = frames[math.floor(offset * self.cfg.fps + 1e-6):math.ceil(scenes[-1]["end"] * self.cfg.fps - 1e-6)]
+            scenes = [{**s, "start": s["start"] - offset, "end": s["end"] - offset} for s in scenes]
+        video = world.Video(duration=int(scenes[-1]["end"]) if scenes else 0, scenes=[
             world.Scene(s["start"], s["end"], s["texture"], s["tint"], revisit_of=s["revisit_of"],
                         shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]])
             for s in scenes])  # period and phase only drive rendering, never a question
         # max_objects only widens the count questions' option list, which training never reads.
-        seen = sample["frames" if "frames" in sample else "feats"].shape[0] / self.cfg.fps + 1e-6
-        pools = {template: [c for c in pool if all(scenes[i]["end"] <= seen for i in c["segments"])]
-                 for template, pool in world._qa_candidates(video, max_objects=4).items()}
+        pools = world._qa_candidates(video, max_objects=4)
         # Drawn as the world draws its own questions: a question type uniformly, then an answer uniformly among
         # that type's answers, then a question with it, so the answer priors stay as flat as in val and test
         # (a uniform draw over candidates would favour e.g. "one" for every count question).
@@ -216,7 +242,7 @@ class Ma2mbaDataModule(ShardDataModule):
             chosen = self._rng.choice([c for c in pools[template] if c["answer"] == answer])
             pools[template] = [c for c in pools[template] if c["question"] != chosen["question"]]
             drawn.append({"question": chosen["question"], "answer_text": chosen["answer"]})
-        return drawn
+        return frames, drawn
 
     def _questions(self, doc: dict, num_frames: int) -> list[dict]:
         templates = doc.get("meta", {}).get("qa_templates")

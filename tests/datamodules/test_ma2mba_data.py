@@ -158,7 +158,7 @@ def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_
     dm = _module(tiny_world, "stage2", dense_train_qa=1)
     sample = _first_sample(dm, "train")
     # Every candidate question of this video (a draw larger than the pool takes them all), and each one's type.
-    everything = _module(tiny_world, "stage2", dense_train_qa=10_000)._dense_qa(sample)
+    everything = _module(tiny_world, "stage2", dense_train_qa=10_000)._dense_qa(sample)[1]
     assert len({q["question"] for q in everything}) == len(everything)  # distinct questions
     scenes = sample["json"]["meta"]["scenes"]
     template_of = {}
@@ -168,7 +168,7 @@ def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_
     for template, pool in world._qa_candidates(video, max_objects=4).items():
         template_of.update({c["question"]: template for c in pool})
     draws = 1200
-    picked = [dm._dense_qa(sample)[0] for _ in range(draws)]
+    picked = [dm._dense_qa(sample)[1][0] for _ in range(draws)]
     by_type = Counter(template_of[q["question"]] for q in picked)
     types = {template_of[q["question"]] for q in everything}
     assert set(by_type) == types
@@ -180,6 +180,45 @@ def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_
     assert len(answers) >= 2
     share = [c / sum(answers.values()) for c in answers.values()]
     assert max(share) - min(share) < 0.7 / len(answers)
+
+
+def test_clip_scenes_trains_on_a_window_of_scenes_and_its_own_questions(tiny_world):
+    from datamodules.ma2mba import world
+
+    dm = _module(tiny_world, "stage2", question_first=True, dense_train_qa=4, clip_scenes=[1, 2])
+    sample = _first_sample(dm, "train")
+    scenes = sample["json"]["meta"]["scenes"]
+    assert len(scenes) >= 3  # so that a window of 1-2 scenes is a real cut
+    # A window's frames are one run of whole scenes: the scene starts give its first frame, its length a scene sum.
+    starts = {int(s["start"]): i for i, s in enumerate(scenes)}
+    lengths = set()
+    for _ in range(40):
+        frames, qas = dm._dense_qa(sample)
+        matches = [start for start in starts if torch.equal(frames, sample["frames"][start:start + frames.shape[0]])]
+        assert matches, "the window's frames are not a run of the video's frames from a scene start"
+        first = starts[matches[0]]
+        size = next(k for k in (1, 2) if int(scenes[min(first + k, len(scenes)) - 1]["end"]) - int(scenes[first]["start"])
+                    == frames.shape[0])
+        lengths.add(size)
+        # Every question is one the world asks of that window alone, with its answer there.
+        window = scenes[first:first + size]
+        video = world.Video(duration=frames.shape[0], scenes=[
+            world.Scene(s["start"] - window[0]["start"], s["end"] - window[0]["start"], s["texture"], s["tint"],
+                        shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]]) for s in window])
+        truth = {(c["question"], c["answer"]) for pool in world._qa_candidates(video, 4).values() for c in pool}
+        assert qas and {(q["question"], q["answer_text"]) for q in qas} <= truth
+    assert lengths == {1, 2}
+    items = dm.map_sample(sample, "train")
+    assert all(int((it["input_ids"] == dm.frame).sum()) == it["video"].shape[0] < sample["frames"].shape[0]
+               for it in items)
+    # Eval splits always see the whole video.
+    val = _first_sample(dm, "val")
+    assert all(it["video"].shape[0] == val["frames"].shape[0] for it in dm.map_sample(val, "val"))
+    for bad in ([0, 2], [3, 2], [2]):
+        with pytest.raises(ValueError, match="clip_scenes"):
+            Ma2mbaDataConfig(root=str(tiny_world), dense_train_qa=2, clip_scenes=bad)
+    with pytest.raises(ValueError, match="dense_train_qa"):
+        Ma2mbaDataConfig(root=str(tiny_world), clip_scenes=[1, 2])
 
 
 def test_collate_pads_tokens_and_keeps_videos_apart(tiny_world):

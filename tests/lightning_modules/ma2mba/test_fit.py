@@ -8,10 +8,6 @@ import pytest
 from experiments import config as config_lib
 from experiments import run
 
-SHRINK = ["model.lm.d_model=32", "model.lm.n_layer=1", "model.lm.d_state=8", "model.lm.headdim=16",
-          "model.lm.chunk_size=16", "model.vision.hidden_size=16", "model.vision.layers=1", "model.vision.heads=2",
-          "data.batch_size=1", "trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-          "trainer.log_every_n_steps=1"]
 
 
 def test_every_committed_ma2mba_yaml_validates():
@@ -23,9 +19,9 @@ def test_every_committed_ma2mba_yaml_validates():
             assert config_lib.load(stage).model.stage in stage  # e.g. tiny_stage1_5 runs model.stage stage1_5
 
 
-def test_tiny_pipeline_fits_tests_and_reports(ma2mba_world, tmp_path):
+def test_tiny_pipeline_fits_tests_and_reports(ma2mba_world, shrink, tmp_path):
     out = tmp_path / "run"
-    code = run.main(["fit", "--exp", "ma2mba/tiny", "--out", str(out), f"data.root={ma2mba_world}", *SHRINK])
+    code = run.main(["fit", "--exp", "ma2mba/tiny", "--out", str(out), f"data.root={ma2mba_world}", *shrink])
     assert code == 0
     for stage in ("1-tiny_stage1", "2-tiny_stage1_5", "3-tiny_stage2"):
         assert (out / "stages" / stage / "DONE").exists()
