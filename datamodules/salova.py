@@ -44,6 +44,8 @@ class SalovaDataConfig(ShardDataConfig):
     max_answer_tokens: int = 64
     scene_threshold: float = 27.0  # PySceneDetect content threshold for videos without segments
     min_scene_frames: int = 4
+    # The split `test` (and predict) reads: "val" chooses a config without looking at the test split.
+    test_split: str = "test"
 
     def __post_init__(self):
         parent = getattr(super(), "__post_init__", None)
@@ -55,6 +57,8 @@ class SalovaDataConfig(ShardDataConfig):
                     "max_answer_tokens", "min_scene_frames"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}: {getattr(self, key)} must be >= 1")
+        if self.test_split not in ("val", "test"):
+            raise ValueError(f"data.test_split: {self.test_split!r} is not 'val' or 'test'")
 
 
 class SalovaTokens:
@@ -263,6 +267,12 @@ class SalovaDataModule(ShardDataModule):
             return dict(world["splits"][split]["chance"])
         except KeyError as err:
             raise ValueError(f"{path}: no splits.{split}.chance ({err} missing)") from None
+
+    def test_dataloader(self):
+        return self.loader(self.config.test_split)
+
+    def predict_dataloader(self):
+        return self.loader(self.config.test_split)
 
     def map_sample(self, sample: dict, split: str) -> list[dict]:
         video = sample["frames"] if "frames" in sample else sample["feats"]

@@ -158,7 +158,17 @@ class SalovaConfig:
     margin: float = 0.2  # margin ranking loss on cosines (paper 0.2)
     margin_weight: float = 1.0  # 0 switches the margin term off (paper: later stages only)
     teacher_forcing: bool = False  # feed the LLM the ground-truth segments (stage 1.5) instead of the router's
+    # Teacher forcing of a question: fill its k slots with the router's best irrelevant segments after the relevant
+    # ones (the LLM reads k segments as at inference); False = the relevant segments alone.
+    teacher_fill: bool = True
+    # Router pre-stage: skip the LLM in training (loss = router_weight * router loss), so that a step costs the
+    # connector + text tower + router only. The paper's stage 1 keeps a frozen LLM's loss; on a CPU budget the
+    # router gets many more steps without it. Evaluation still runs the LLM for QA.
+    router_only: bool = False
     focusfast: bool = True  # one global token per segment of the whole video beside the chosen segments
+    # Scale each chosen segment's K tokens by the router's relevance probability sigmoid(score + b) (detached),
+    # so that the LLM can tell the likely segment among the k it reads; the paper feeds them unweighted.
+    weight_by_relevance: bool = False
     eval_k: List[int] = field(default_factory=lambda: [1, 5, 9, 13])  # the k sweep of the report
     report_examples: int = 4  # held-out questions drawn in the report
 
@@ -171,6 +181,9 @@ class SalovaConfig:
         if self.router_weight < 0 or self.margin_weight < 0 or self.margin < 0:
             raise ValueError(f"model: router_weight {self.router_weight}, margin {self.margin}, margin_weight "
                              f"{self.margin_weight} must be >= 0")
+        if self.router_only and "llm" in self.trainable:
+            raise ValueError("model.router_only: true skips the LLM in training, but model.trainable names 'llm'; "
+                             "drop 'llm' from model.trainable")
         if "vision" in self.trainable and self.vision.frozen:
             raise ValueError("model.trainable names 'vision' but model.vision.frozen is true; set one or the other")
         if "text" in self.trainable and self.text.mode == "tower" and self.text.tower.frozen:

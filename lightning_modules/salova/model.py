@@ -334,17 +334,26 @@ class SalovaModel(nn.Module):
     def choose(self, batch: dict, router: RouterOutput, k: int, teacher_forcing: bool) -> tuple[Tensor, Tensor]:
         if teacher_forcing:
             # A question names what it asks about, so the LLM can learn to find it among k segments (filled
-            # with the router's best others); "describe the scene" does not: a caption query reads its own.
-            filled, filled_valid = ground_truth_segments(batch["labels"], router.mask, k, router.scores)
+            # with the router's best others, model.teacher_fill); "describe the scene" does not: a caption query
+            # reads its own.
             own, own_valid = ground_truth_segments(batch["labels"], router.mask, k)
+            if not self.cfg.teacher_fill:
+                return own, own_valid
+            filled, filled_valid = ground_truth_segments(batch["labels"], router.mask, k, router.scores)
             caption = batch["query_is_caption"][:, None]
             return torch.where(caption, own, filled), torch.where(caption, own_valid, filled_valid)
         return select_top_k(router.scores.detach(), router.mask, k)
 
+    def relevance(self, router: RouterOutput) -> Tensor | None:
+        """The weights of the chosen segments' tokens (model.weight_by_relevance): the router's probability that a
+        segment is relevant, sigmoid(score + b), detached (Q, S); None = unweighted, as in the paper."""
+        return torch.sigmoid(router.logits.detach()) if self.cfg.weight_by_relevance else None
+
     def video_prefix(self, batch: dict, segment_tokens: Tensor, chosen: Tensor, chosen_valid: Tensor,
-                     focusfast: bool) -> list[Tensor]:
+                     focusfast: bool, relevance: Tensor | None = None) -> list[Tensor]:
         """FocusFast: per query, [<seg>, one global token per segment of the video] (if focusfast) then
-        [<seg>, K tokens] for each chosen segment in time order. -> Q embeddings of shape (len_q, D)."""
+        [<seg>, K tokens] for each chosen segment in time order, the K tokens times relevance[q, segment] when
+        given (Q, S). -> Q embeddings of shape (len_q, D)."""
         embed = self.llm.get_input_embeddings()
         marker = embed(torch.tensor([batch["segment_token_id"]], device=segment_tokens.device))  # (1, D)
         prefixes = []
@@ -354,7 +363,8 @@ class SalovaModel(nn.Module):
             if focusfast:
                 pieces += [marker, segment_tokens[ids, 0]]
             for j in chosen[q][chosen_valid[q]].tolist():
-                pieces += [marker, segment_tokens[ids[j], 1:]]
+                tokens = segment_tokens[ids[j], 1:]
+                pieces += [marker, tokens if relevance is None else tokens * relevance[q, j]]
             prefixes.append(torch.cat(pieces) if pieces else marker[:0])
         return prefixes
 
@@ -391,14 +401,20 @@ class SalovaModel(nn.Module):
 
     # ----------------------------------------------------------------- entry points
     def forward(self, batch: dict, k: int | None = None, teacher_forcing: bool | None = None,
-                focusfast: bool | None = None) -> SalovaOutput:
+                focusfast: bool | None = None, use_llm: bool = True) -> SalovaOutput:
+        """use_llm False: routing only (the router pre-stage); lm_loss is 0 and lm_nll NaN, `chosen` the router's."""
         k = self.cfg.router.top_k if k is None else k
         teacher_forcing = self.cfg.teacher_forcing if teacher_forcing is None else teacher_forcing
         focusfast = self.cfg.focusfast if focusfast is None else focusfast
         segment_tokens, segment_cls = self.encode_segments(batch)
         router = self.route(batch, segment_cls)
+        if not use_llm:
+            chosen, valid = select_top_k(router.scores.detach(), router.mask, k)
+            q = router.scores.shape[0]
+            return SalovaOutput(router=router, chosen=chosen, chosen_valid=valid,
+                                lm_loss=router.scores.new_zeros(()), lm_nll=router.scores.new_full((q,), math.nan))
         chosen, valid = self.choose(batch, router, k, teacher_forcing)
-        prefixes = self.video_prefix(batch, segment_tokens, chosen, valid, focusfast)
+        prefixes = self.video_prefix(batch, segment_tokens, chosen, valid, focusfast, self.relevance(router))
         inputs, attention, labels = self.lm_sequences(prefixes, batch["prompt_ids"], batch["prompt_mask"],
                                                       batch["answer_ids"], batch["answer_mask"])
         nll_sum, count = self.answer_nll(inputs, attention, labels)
@@ -413,7 +429,7 @@ class SalovaModel(nn.Module):
 
     @torch.no_grad()
     def option_scores(self, batch: dict, segment_tokens: Tensor, chosen: Tensor, valid: Tensor,
-                      focusfast: bool) -> Tensor:
+                      focusfast: bool, relevance: Tensor | None = None) -> Tensor:
         """Multiple choice by likelihood: mean log-prob of each option as the answer. -> (Q, O), -inf for
         padded options; rows of open-ended queries are all -inf."""
         options_ids, options_mask = batch["options_ids"], batch["options_mask"]
@@ -422,7 +438,7 @@ class SalovaModel(nn.Module):
         scores = torch.full((q, o), float("-inf"), device=options_ids.device)
         if not has_option.any():
             return scores
-        prefixes = self.video_prefix(batch, segment_tokens, chosen, valid, focusfast)
+        prefixes = self.video_prefix(batch, segment_tokens, chosen, valid, focusfast, relevance)
         rows = has_option.nonzero().tolist()
         inputs, attention, labels = self.lm_sequences(
             [prefixes[i] for i, _ in rows],

@@ -1,6 +1,7 @@
 """Lightning wiring of SALOVA: one `model_step` for every stage, metric objects per stage, the report.
 
-Loss: L = L_lm + router_weight * (BCE + margin_weight * margin ranking)   (FACTS.md, "SALOVA").
+Loss: L = L_lm + router_weight * (BCE + margin_weight * margin ranking)   (FACTS.md, "SALOVA"); a router
+pre-stage (model.router_only) trains without L_lm and without running the LLM.
 Evaluation: segment retrieval Recall@1/@5/@k, mAP, hit@k (the answer segment among the k the LLM reads) and
 multiple-choice QA accuracy by option likelihood; the test stage also runs the k sweep and FocusFast ablations
 on the trained model and keeps a few examples for the report. Baselines: random segment ranking, QA chance.
@@ -18,7 +19,7 @@ from torchmetrics.functional.retrieval import retrieval_average_precision, retri
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP, RetrievalRecall
 
 from .config import SalovaConfig
-from .model import SalovaModel, ground_truth_segments, select_top_k
+from .model import SalovaModel, SalovaOutput, ground_truth_segments, select_top_k
 
 STAGES = ("train", "val", "test")
 # FACTS.md, "SALOVA": published numbers, shown beside ours in the report.
@@ -73,14 +74,22 @@ class SalovaModule(L.LightningModule):
                 part.requires_grad_(False)
 
     # ----------------------------------------------------------------- steps
-    def model_step(self, batch: dict, stage: str):
-        """Forward + losses + loss logs. Training may teacher-force; evaluation always reads the router's top-k."""
-        out = self.model(batch, teacher_forcing=None if stage == "train" else False)
+    def losses(self, batch: dict, stage: str) -> tuple[dict[str, Tensor], SalovaOutput]:
+        """Forward + losses: {"loss", "lm_loss", "router_bce", "router_margin"}. Training may teacher-force or
+        (router_only) skip the LLM; evaluation always runs it on the router's top-k."""
+        train = stage == "train"
+        out = self.model(batch, teacher_forcing=None if train else False,
+                         use_llm=not (train and self.cfg.router_only))
         bce, margin = self.model.router_loss(batch, out.router)
-        router = bce + self.cfg.margin_weight * margin
-        loss = out.lm_loss + self.cfg.router_weight * router
+        loss = out.lm_loss + self.cfg.router_weight * (bce + self.cfg.margin_weight * margin)
+        return {"loss": loss, "lm_loss": out.lm_loss, "router_bce": bce, "router_margin": margin}, out
+
+    def model_step(self, batch: dict, stage: str):
+        """`losses` + their logs -> (loss, SalovaOutput)."""
+        parts, out = self.losses(batch, stage)
+        loss = parts["loss"]
         batch_size = len(batch["meta"]["keys"])
-        for name, value in (("loss", loss), ("lm_loss", out.lm_loss), ("router_bce", bce), ("router_margin", margin)):
+        for name, value in parts.items():
             self.log(f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss",
                      on_step=stage == "train", on_epoch=stage != "train")
         return loss, out
@@ -109,7 +118,8 @@ class SalovaModule(L.LightningModule):
         if has_options.any():
             segment_tokens, _ = self.model.encode_segments(batch)
             chosen, valid = select_top_k(router.scores, router.mask, self.cfg.router.top_k)
-            option_scores = self.model.option_scores(batch, segment_tokens, chosen, valid, self.cfg.focusfast)
+            option_scores = self.model.option_scores(batch, segment_tokens, chosen, valid, self.cfg.focusfast,
+                                                     self.model.relevance(router))
             correct = (option_scores.argmax(1) == batch["answer_index"]).float()[has_options]
             self.qa_accuracy[stage].update(correct)
             n_options = batch["options_mask"].any(-1).sum(1).float()[has_options]
@@ -126,7 +136,8 @@ class SalovaModule(L.LightningModule):
         segment_tokens, segment_cls = self.model.encode_segments(batch)
         router = self.model.route(batch, segment_cls)
         chosen, valid = select_top_k(router.scores, router.mask, self.cfg.router.top_k)
-        option_scores = self.model.option_scores(batch, segment_tokens, chosen, valid, self.cfg.focusfast)
+        option_scores = self.model.option_scores(batch, segment_tokens, chosen, valid, self.cfg.focusfast,
+                                                 self.model.relevance(router))
         rows = []
         for q, meta in enumerate(batch["meta"]["queries"]):
             b = int(batch["query_video"][q])
@@ -167,19 +178,20 @@ class SalovaModule(L.LightningModule):
         """Keep what the report needs per query: scores, labels and QA answers under each ablation."""
         q = router.scores.shape[0]
         variants: dict[str, Tensor] = {}
+        relevance = self.model.relevance(router)
         if option_scores is not None:
             variants["full"] = option_scores.argmax(1)
             for k in self.cfg.eval_k:
                 c, v = select_top_k(router.scores, router.mask, k)
-                variants[f"k{k}"] = self.model.option_scores(batch, segment_tokens, c, v, True).argmax(1)
+                variants[f"k{k}"] = self.model.option_scores(batch, segment_tokens, c, v, True, relevance).argmax(1)
             variants["no_focusfast"] = self.model.option_scores(batch, segment_tokens, chosen, valid,
-                                                                False).argmax(1)
+                                                                False, relevance).argmax(1)
             none = torch.zeros_like(valid)
             variants["global_only"] = self.model.option_scores(batch, segment_tokens, chosen, none, True).argmax(1)
             variants["no_video"] = self.model.option_scores(batch, segment_tokens, chosen, none, False).argmax(1)
             c, v = ground_truth_segments(batch["labels"], router.mask, self.cfg.router.top_k, router.scores)
             variants["oracle_segments"] = self.model.option_scores(batch, segment_tokens, c, v,
-                                                                   self.cfg.focusfast).argmax(1)
+                                                                   self.cfg.focusfast, relevance).argmax(1)
         for i in range(q):
             meta = batch["meta"]["queries"][i]
             b = int(batch["query_video"][i])
@@ -228,12 +240,12 @@ class SalovaModule(L.LightningModule):
                                                             for r in qa)
         if qa:
             metrics["chance.qa_accuracy"] = _mean(1.0 / len(r["options"]) for r in qa)
-            prior = self._world_chance("test").get("prior.qa_accuracy")
+            prior = self._world_chance(self._test_split()).get("prior.qa_accuracy")
             if prior is not None:
                 metrics["text_prior.qa_accuracy"] = float(prior)
 
         kinds = sorted({r["kind"] for r in records})
-        lines = ["## SALOVA: segment retrieval and QA on the held-out split", "",
+        lines = [f"## SALOVA: segment retrieval and QA on the held-out split ({self._test_split()})", "",
                  f"{len(records)} test queries ({', '.join(kinds)}; {len(qa)} multiple choice) over {len(by_video)} "
                  f"videos with {_mean(len(r['scores']) for r in records):.1f} segments on average; the LLM reads the "
                  f"router's top-{top_k}. Random baselines are expectations over random rankings of each video's "
@@ -305,10 +317,17 @@ class SalovaModule(L.LightningModule):
                       f"![example {i}]({name})", ""]
         return metrics, "\n".join(lines)
 
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _test_split(self) -> str:
+        """The split the test stage read: "test", or "val" while choosing a config (data.test_split)."""
+        config = getattr(self._datamodule(), "config", None)
+        return getattr(config, "test_split", "test")
+
     def _world_chance(self, split: str) -> dict[str, float]:
         """The synthetic world's recorded chance levels (world.json, through the datamodule), {} without them."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        world_chance = getattr(datamodule, "world_chance", None)
+        world_chance = getattr(self._datamodule(), "world_chance", None)
         return world_chance(split) if world_chance is not None else {}
 
     @staticmethod

@@ -142,3 +142,18 @@ def test_world_chance_names_a_missing_split(tmp_path):
     data.config = SalovaDataConfig(root=str(tmp_path))
     with pytest.raises(ValueError, match="world.json: no splits.test.chance"):
         data.world_chance("test")
+
+
+def test_test_split_chooses_what_the_test_stage_reads(tmp_path):
+    from datamodules.synthetic.generate import GenerateConfig, generate
+    from datamodules.synthetic.world import WorldConfig
+
+    with pytest.raises(ValueError, match="data.test_split"):
+        SalovaDataConfig(test_split="train")
+    root = tmp_path / "world"
+    generate(GenerateConfig(out=str(root), videos=2, eval_videos=2, shard_size=4, workers=1),
+             WorldConfig(minutes=(1.0, 1.0), scenes=(3, 4)), progress=False)
+    for split in ("val", "test"):
+        data = SalovaDataModule(SalovaDataConfig(root=str(root), batch_size=2, queries="qa", test_split=split))
+        keys = [key for batch in data.test_dataloader() for key in batch["meta"]["keys"]]
+        assert keys and all(key.startswith(f"{split}-") for key in keys), keys

@@ -142,6 +142,12 @@ def test_teacher_forcing_fills_questions_to_k_and_shows_captions_their_own(tmp_p
             others = [j for j in range(real) if j not in positives]
             best_others = sorted(others, key=lambda j: -router.scores[q, j].item())[:len(picked) - len(positives[:3])]
             assert set(picked) - set(positives) == set(best_others)
+    model.cfg.teacher_fill = False  # every query reads its relevant segments alone
+    with torch.no_grad():
+        chosen, valid = model.choose(batch, router, 3, teacher_forcing=True)
+    for q in range(len(chosen)):
+        positives = [j for j, v in enumerate(batch["labels"][q].tolist()) if v > 0.5]
+        assert chosen[q][valid[q]].tolist() == positives[:3]
 
 
 def test_router_scores_are_scaled_cosines_in_segment_order():
@@ -308,3 +314,68 @@ def test_feats_patch_tokens_reach_the_connector_and_train(tmp_path):
     patches, patches_moved = feats_to_patches(feats, 2), feats_to_patches(moved.flatten(1), 2)
     changed = (patches != patches_moved).any(-1).any(0)
     assert changed.tolist() == [False, False, True, False]
+
+
+def test_router_only_forward_skips_the_llm_and_trains_the_router(tmp_path):
+    tokens = make_tokens(tmp_path)
+    torch.manual_seed(0)
+    model = SalovaModel(tiny_config(), tokens.vocab_size)
+    batch = make_batch(tokens, videos=3, seed=5)
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the router pre-stage must not run the LLM")
+
+    model.llm.forward = no_llm
+    model.llm.base_model.forward = no_llm
+    out = model(batch, use_llm=False)
+    with torch.no_grad():  # the same routing as the full forward: scores and top-k do not depend on the LLM
+        reference = select_top_k(out.router.scores, out.router.mask, model.cfg.router.top_k)
+    assert torch.equal(out.chosen, reference[0]) and torch.equal(out.chosen_valid, reference[1])
+    assert out.lm_loss.item() == 0.0 and torch.isnan(out.lm_nll).all()
+    bce, margin = model.router_loss(batch, out.router)
+    (out.lm_loss + bce + margin).backward()
+    assert model.router.segment_in.weight.grad.abs().sum() > 0
+    assert model.connector.cls_in.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.llm.parameters())
+
+
+def test_router_only_config_refuses_to_train_the_llm():
+    with pytest.raises(ValueError, match="model.router_only"):
+        SalovaConfig(router_only=True, trainable=["connector", "router", "llm"])
+    SalovaConfig(router_only=True, trainable=["connector", "router", "text"])
+
+
+def test_relevance_weights_scale_only_the_chosen_segments_tokens(tmp_path):
+    tokens = make_tokens(tmp_path)
+    torch.manual_seed(0)
+    model = SalovaModel(tiny_config(), tokens.vocab_size).eval()
+    batch = make_batch(tokens, videos=2, seed=7)
+    with torch.no_grad():
+        segment_tokens, segment_cls = model.encode_segments(batch)
+        router = model.route(batch, segment_cls)
+        assert model.relevance(router) is None  # the paper's unweighted FocusFast by default
+        chosen, valid = select_top_k(router.scores, router.mask, 3)
+        plain = model.video_prefix(batch, segment_tokens, chosen, valid, True)
+        ones = model.video_prefix(batch, segment_tokens, chosen, valid, True, torch.ones_like(router.scores))
+        relevance = torch.rand(router.scores.shape)
+        weighted = model.video_prefix(batch, segment_tokens, chosen, valid, True, relevance)
+        k = model.cfg.connector.num_latents
+        for q, b in enumerate(batch["query_video"].tolist()):
+            torch.testing.assert_close(ones[q], plain[q])
+            s = int(batch["video_segment_mask"][b].sum())
+            start = 1 + s  # [<seg>, s global tokens] are not weighted
+            torch.testing.assert_close(weighted[q][:start], plain[q][:start])
+            for slot, j in enumerate(chosen[q][valid[q]].tolist()):
+                first = start + slot * (1 + k)
+                torch.testing.assert_close(weighted[q][first], plain[q][first])  # the <seg> marker
+                torch.testing.assert_close(weighted[q][first + 1:first + 1 + k], plain[q][first + 1:first + 1 + k]
+                                           * relevance[q, j])
+        model.cfg.weight_by_relevance = True
+        torch.testing.assert_close(model.relevance(router), torch.sigmoid(router.scores + model.router.logit_bias))
+        out = model(batch)
+        expected = model.video_prefix(batch, segment_tokens, out.chosen, out.chosen_valid, True,
+                                      model.relevance(router))
+        inputs, attention, labels = model.lm_sequences(expected, batch["prompt_ids"], batch["prompt_mask"],
+                                                       batch["answer_ids"], batch["answer_mask"])
+        nll, count = model.answer_nll(inputs, attention, labels)
+        torch.testing.assert_close(out.lm_nll, nll / count)

@@ -62,7 +62,34 @@ def test_tiny_pipeline_fits_tests_and_reports(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert "SALOVA" in report and "random" in report and "chance" in report and "text-only prior" in report
     assert (out / "report" / "salova_example_0.png").is_file()
-    # Both stages ran and the second started from the first's weights.
-    first = torch.load(out / "stages" / "1-tiny_stage1_5" / "checkpoints" / "last.ckpt", weights_only=False)
-    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert first["state_dict"].keys() == final["state_dict"].keys()
+    # Every stage ran from the previous one's weights.
+    states = [torch.load(out / "stages" / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+              for name in ("1-tiny_stage1", "2-tiny_stage1_5", "3-tiny_stage2")]
+    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(state.keys() == final.keys() for state in states)
+    llm = [name for name in final if name.startswith("model.llm.")]
+    router = [name for name in final if name.startswith("model.router.")]
+    assert any(not torch.equal(states[0][n], states[1][n]) for n in llm)  # stage 1.5 trains the LLM
+    assert any(not torch.equal(states[0][n], final[n]) for n in router)
+
+
+def test_router_only_module_trains_without_the_llm_and_evaluates_with_it(tmp_path):
+    from lightning_modules.salova.module import SalovaModule
+
+    from .helpers import make_batch, make_tokens, tiny_config
+
+    tokens = make_tokens(tmp_path)
+    torch.manual_seed(0)
+    module = SalovaModule(tiny_config(router_only=True, trainable=["connector", "router", "text"]),
+                          tokens.vocab_size)
+    batch = make_batch(tokens, videos=2, seed=6)
+    calls = []
+    module.model.llm.base_model.register_forward_hook(lambda *args: calls.append(1))
+    parts, _ = module.losses(batch, "train")
+    assert not calls and parts["lm_loss"].item() == 0.0
+    expected = module.cfg.router_weight * (parts["router_bce"] + module.cfg.margin_weight * parts["router_margin"])
+    assert parts["loss"].item() == pytest.approx(expected.item())
+    parts["loss"].backward()
+    assert all(p.grad is None for p in module.model.llm.parameters())  # frozen and never run
+    parts, _ = module.losses(batch, "val")  # evaluation reads the router's top-k with the LLM
+    assert calls and parts["lm_loss"].item() > 0
