@@ -13,7 +13,9 @@ For each streaming query of a `longwatch/v1` sample (`streaming: [{query, spans}
   `all`      every seen slot masked;
   `spans`    random runs revealed (up to `max_reveal` of the seen slots), at least one span
              boundary still masked (both of its slots);
-  `boundary` a contiguous block straddling a span start or end, plus scattered slots.
+  `boundary` a contiguous block straddling a span start or end, plus scattered slots;
+  `edge`     (ours) the newest few seen slots, plus scattered slots: the online situation, where the
+             older labels are given (kept once stable) and the newest ones are still to be decided.
 - LIVE-style targets for the baseline: "respond: started" at each span's first slot, "respond: over"
   at the frame whose arrival puts the stream clock `response_gap_s` past the span end.
 
@@ -30,7 +32,7 @@ import torch
 from datamodules.common.text import load_tokenizer
 from datamodules.common.wds import ShardDataConfig, ShardDataModule
 
-MASK_MODES = ("all", "spans", "boundary")
+MASK_MODES = ("all", "spans", "boundary", "edge")
 INACTIVE, ACTIVE, MASK = 0, 1, 2
 SILENT, RESPOND_START, RESPOND_END = 0, 1, 2
 IGNORE = -100
@@ -129,6 +131,18 @@ def mask_boundary(labels: np.ndarray, seen: np.ndarray, rng: np.random.Generator
     return masked | (block & seen)
 
 
+def mask_edge(labels: np.ndarray, seen: np.ndarray, rng: np.random.Generator, scatter: float = 0.15,
+              max_edge: int | None = None) -> np.ndarray:
+    """The newest r seen slots (r uniform in [1, max_edge], default W/8), plus each other seen slot with
+    probability `scatter`: at inference the denoiser is given the older (stable) labels and decides the
+    newest slots, which no other mode trains for."""
+    seen_at = np.flatnonzero(seen)
+    max_edge = max_edge or max(1, len(labels) // 8)
+    masked = seen & (rng.random(len(labels)) < scatter)
+    masked[seen_at[-int(rng.integers(1, max_edge + 1)):]] = True
+    return masked
+
+
 def draw_mask(mode: str, labels: np.ndarray, seen: np.ndarray, rng: np.random.Generator,
               max_reveal: float, scatter: float) -> np.ndarray:
     if mode == "all":
@@ -137,6 +151,8 @@ def draw_mask(mode: str, labels: np.ndarray, seen: np.ndarray, rng: np.random.Ge
         return mask_spans(labels, seen, rng, max_reveal)
     if mode == "boundary":
         return mask_boundary(labels, seen, rng, scatter)
+    if mode == "edge":
+        return mask_edge(labels, seen, rng, scatter)
     raise ValueError(f"unknown mask mode {mode!r}; known: {MASK_MODES}")
 
 
@@ -163,7 +179,7 @@ class StrideDataConfig(ShardDataConfig):
     late_start_prob: float = 0.5  # chance a clip starts after its window start (unseen prefix)
     mask_modes: dict[str, float] = field(default_factory=lambda: {"all": 1.0, "spans": 1.0, "boundary": 1.0})
     max_reveal: float = 0.3  # `spans` mode reveals at most this fraction of seen slots
-    scatter: float = 0.15  # `boundary` mode: chance each other seen slot is masked
+    scatter: float = 0.15  # `boundary` and `edge` modes: chance each other seen slot is masked
     response_gap_s: float = 1.0  # LIVE target and TimeDiff reference: span end + this
     max_query_tokens: int = 24
     tokenizer: str | None = None  # tokenizer.json or HF dir; default: <root>/tokenizer.json

@@ -6,7 +6,8 @@ they fit a tiny model (FACTS.md: W=128, stride 32, K=8, threshold 0.75; our tiny
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 FEATURE_MODES = ("pixels", "feats")
 FRAME_ENCODERS = ("none", "conv")
@@ -20,10 +21,16 @@ class StreamingConfig:
     stride: int = 1  # frames between two denoiser runs (1 = every frame; see README on the released 32)
     steps: int = 4  # K: unmasking steps per run; each unmasks about n/K of the n masked slots
     threshold: float = 0.75  # a slot is unmasked before the last step only with confidence >= this
+    active_threshold: float = 0.5  # a slot is decided active iff p(active) >= this (as model.head_threshold)
     stable_runs: int = 3  # a label kept unmasked once it came out the same in this many consecutive runs
     close_gap_s: float = 1.0  # a span triggers once its end lies >= this many seconds before the stream clock
+    close_run: int = 1  # a span closes only at a stretch of this many inactive slots; a shorter inactive gap
+    # between two active runs is bridged (one span). Shared by STRIDE and the threshold head (a span rule)
+    min_span: int = 1  # closed spans shorter than this many slots are not triggered (shared span rule)
     close_confident: bool = False  # STRIDE: a span closes only at an inactive slot committed with confidence
     # >= threshold; an unsure "inactive" at the newest edge waits for the next frame (and is re-predicted)
+    confirm_stable: bool = False  # STRIDE: a closed span triggers only once all its window slots and the
+    # stretch that closes it are stable (kept labels), so a blip that later frames revise never triggers
     max_triggers: int = 50  # multi-event cap (released setting)
     multi_event: bool = True  # False: stop after the first trigger (single-event tasks, e.g. TVG)
 
@@ -36,11 +43,17 @@ class StreamingConfig:
             raise ValueError(f"streaming.steps (K) must be >= 1, got {self.steps}")
         if not 0.5 <= self.threshold <= 1.0:
             raise ValueError(f"streaming.threshold must lie in [0.5, 1] (binary confidences), got {self.threshold}")
+        if not 0.0 < self.active_threshold < 1.0:
+            raise ValueError(f"streaming.active_threshold must lie in (0, 1), got {self.active_threshold}")
         if self.stable_runs < 1:
             raise ValueError(f"streaming.stable_runs must be >= 1, got {self.stable_runs}")
         if self.close_gap_s < 1.0:
             raise ValueError(f"streaming.close_gap_s must be >= 1 s (a span is closed only once an inactive "
                              f"frame follows it), got {self.close_gap_s}")
+        if self.close_run < 1 or self.close_run > self.window:
+            raise ValueError(f"streaming.close_run must lie in [1, window={self.window}] slots, got {self.close_run}")
+        if not 1 <= self.min_span <= self.window:
+            raise ValueError(f"streaming.min_span must lie in [1, window={self.window}] slots, got {self.min_span}")
         if self.max_triggers < 1:
             raise ValueError(f"streaming.max_triggers must be >= 1, got {self.max_triggers}")
 
@@ -71,6 +84,8 @@ class StrideConfig:
     # baselines trained on the same features and batches
     head_threshold: float = 0.5  # threshold head: frame active iff sigmoid score >= this (MMDuet/Dispider)
     live_threshold: float = 0.725  # LIVE: respond iff p(silent frame token) < this (VideoLLM-online)
+    head_close_run: Optional[int] = None  # the threshold head's span rules (None: streaming.close_run / min_span),
+    head_min_span: Optional[int] = None  # so that each method gets its own values tuned on val
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     # optimizer
     lr: float = 2e-3
@@ -109,8 +124,19 @@ class StrideConfig:
         if not 0.0 < self.head_threshold < 1.0 or not 0.0 < self.live_threshold < 1.0:
             raise ValueError(f"model.head_threshold and model.live_threshold must lie in (0, 1), got "
                              f"{self.head_threshold}, {self.live_threshold}")
+        for name in ("head_close_run", "head_min_span"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= self.window:
+                raise ValueError(f"model.{name} must be null or lie in [1, window={self.window}], got {value}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError(f"model.lr must be > 0 and model.warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
+
+    @property
+    def head_streaming(self) -> StreamingConfig:
+        """The streaming settings of the threshold head's runner: STRIDE's, with the head's own span rules."""
+        return replace(self.streaming,
+                       close_run=self.streaming.close_run if self.head_close_run is None else self.head_close_run,
+                       min_span=self.streaming.min_span if self.head_min_span is None else self.head_min_span)
 
     @property
     def frame_dim(self) -> int:

@@ -185,15 +185,20 @@ class ActivationDenoiser(nn.Module):
 
     @torch.no_grad()
     def denoise(self, feats: Tensor, seen: Tensor, query_ids: Tensor, tokens: Tensor, steps: int,
-                threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+                threshold: float, active_threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
         """Unmask every masked slot in `steps` (K) forward passes.
 
         At each step but the last, among the ceil(n/K) most confident masked slots (n = masked at the
         start), those with confidence >= `threshold` are committed to their argmax; the last step commits
-        the rest. Returns labels (N, W) long in {0, 1}, p_active (N, W) (the probability of "active" when
-        the slot was committed; the given label for slots that were not masked) and confident (N, W) bool
-        (committed at or above the threshold, or given).
+        the rest. `active_threshold` is the decision threshold on p(active), as the threshold head's: the
+        active logit is shifted by -logit(active_threshold) before the argmax and the confidences (0.5 =
+        plain argmax). Returns labels (N, W) long in {0, 1}, p_active (N, W) (the model's probability of
+        "active" when the slot was committed; the given label for slots that were not masked) and
+        confident (N, W) bool (committed at or above the threshold, or given).
         """
+        if not 0.0 < active_threshold < 1.0:
+            raise ValueError(f"denoise: active_threshold must lie in (0, 1), got {active_threshold}")
+        shift = torch.tensor([0.0, -math.log(active_threshold / (1.0 - active_threshold))])
         tokens = tokens.clone()
         masked = tokens == MASK
         p_active = tokens.float().clamp(max=1.0)
@@ -202,7 +207,8 @@ class ActivationDenoiser(nn.Module):
         for step in range(steps):
             if not bool(masked.any()):
                 break
-            probs = self.forward(feats, seen, query_ids, tokens).softmax(-1)
+            logits = self.forward(feats, seen, query_ids, tokens)
+            probs = (logits + shift.to(logits)).softmax(-1)
             confidence, prediction = probs.max(-1)
             if step == steps - 1:
                 commit = masked
@@ -212,7 +218,7 @@ class ActivationDenoiser(nn.Module):
                 rank = ranked.argsort(1, descending=True).argsort(1)
                 commit = masked & (rank < per_step) & (confidence >= threshold)
             tokens = torch.where(commit, prediction, tokens)
-            p_active = torch.where(commit, probs[..., ACTIVE], p_active)
+            p_active = torch.where(commit, logits.softmax(-1)[..., ACTIVE], p_active)
             confident = confident | (commit & (confidence >= threshold))
             masked = masked & ~commit
         return tokens, p_active, confident

@@ -133,7 +133,8 @@ class StrideModule(L.LightningModule):
         seen = batch["seen"]
         all_masked = torch.where(seen, torch.full_like(batch["tokens"], MASK), torch.zeros_like(batch["tokens"]))
         labels, _, _ = self.stride.denoise(out["feats"], seen, batch["win_query_ids"], all_masked,
-                                           self.cfg.streaming.steps, self.cfg.streaming.threshold)
+                                           self.cfg.streaming.steps, self.cfg.streaming.threshold,
+                                           self.cfg.streaming.active_threshold)
         self.val_frame["stride"].update(labels, batch["labels"], seen)
         self.val_frame["threshold_head"].update(torch.sigmoid(out["head_logits"]) >= self.cfg.head_threshold,
                                                 batch["labels"], seen)
@@ -151,8 +152,8 @@ class StrideModule(L.LightningModule):
         s, dim = self.cfg.streaming, self.cfg.slot_dim
         return {
             "stride": StreamingRunner(self.stride, s, query, query_ids, dim, responder=responder),
-            "threshold_head": ThresholdHeadRunner(self.threshold_head, s, self.cfg.head_threshold, query, query_ids,
-                                                  dim, responder=responder),
+            "threshold_head": ThresholdHeadRunner(self.threshold_head, self.cfg.head_streaming, self.cfg.head_threshold,
+                                                  query, query_ids, dim, responder=responder),
             "live_token": LiveTokenRunner(self.live_token, s, self.cfg.live_threshold, query, query_ids, dim,
                                           responder=responder),
         }
@@ -231,8 +232,14 @@ class StrideModule(L.LightningModule):
         lines = ["## STRIDE: when to speak, online on the held-out split", "",
                  f"{len(self.records)} (video, query) streams, fed one frame at a time; window W="
                  f"{self.cfg.window}, stride {self.cfg.streaming.stride}, K={self.cfg.streaming.steps}, "
-                 f"threshold {self.cfg.streaming.threshold}. TimeDiff reference: span end + "
-                 f"{self.response_gap_s:g} s (a missing answer counts {TIME_DIFF_WINDOW_S:g} s).", "",
+                 f"threshold {self.cfg.streaming.threshold}, stable_runs {self.cfg.streaming.stable_runs}. "
+                 f"TimeDiff reference: span end + {self.response_gap_s:g} s (a missing answer counts "
+                 f"{TIME_DIFF_WINDOW_S:g} s).", "",
+                 f"Decision parameters (tuned on the val split, `lightning_modules/stride/tuning.py`): STRIDE "
+                 f"active_threshold {self.cfg.streaming.active_threshold}; threshold head head_threshold "
+                 f"{self.cfg.head_threshold}; close_run / min_span STRIDE {self.cfg.streaming.close_run} / "
+                 f"{self.cfg.streaming.min_span}, threshold head {self.cfg.head_streaming.close_run} / "
+                 f"{self.cfg.head_streaming.min_span}; LIVE live_threshold {self.cfg.live_threshold}.", "",
                  "| metric | STRIDE | threshold head | LIVE token |", "|---|---|---|---|"]
         for key, label in rows:
             vals = [self.results[key], self.results[f"threshold_head.{key}"], self.results[f"live_token.{key}"]]

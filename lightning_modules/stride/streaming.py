@@ -10,7 +10,9 @@
 - a run of active slots [a, b) is a span; it becomes a trigger once it has closed and its end lies
   >= close_gap_s before the stream clock (the end of the newest frame: frame n covers [n, n+1), so the
   clock is n + 1). A perfect predictor thus triggers exactly close_gap_s after the span ends, which is
-  the reference response time of the TimeDiff metric;
+  the reference response time of the TimeDiff metric. Span rules (StreamingConfig): a run closes only
+  at `close_run` inactive slots (shorter dips are bridged), spans under `min_span` slots are dropped,
+  and with `confirm_stable` STRIDE triggers a span only once its labels are all stable (kept);
 - single-event mode stops after the first trigger, multi-event mode after `max_triggers`.
 
 `ThresholdHeadRunner` and `LiveTokenRunner` are the baselines' loops over the same frames, clock and
@@ -114,6 +116,7 @@ class _OnlineRunner:
         self.frame = -1  # index of the newest frame
         self.completed_end = 0  # end slot (exclusive) of the last triggered span
         self.open_start: int | None = None  # start of an active run that began before the window
+        self.open_gap = 0  # inactive slots that followed that run and already left the window (< close_run)
         self.triggers: list[Trigger] = []
         self.p_active: list[float] = []  # per slot, the latest activation probability (for plots)
         self.done = False
@@ -147,8 +150,14 @@ class _OnlineRunner:
         self.frame += 1
         label, known = self.window.shift_in(feat)
         left = self.slot_of(0) - 1  # the slot that just left the window
-        if left >= self.completed_end and known:
-            self.open_start = (self.open_start if self.open_start is not None else left) if label == ACTIVE else None
+        if left >= self.completed_end and known:  # the same state machine as `closed_spans`, on that slot
+            if label == ACTIVE:
+                self.open_start = left if self.open_start is None else self.open_start
+                self.open_gap = 0
+            elif self.open_start is not None:
+                self.open_gap += 1
+                if self.open_gap >= self.cfg.close_run:  # the run ended out of view
+                    self.open_start, self.open_gap = None, 0
         self.p_active.append(0.0)
 
     def run(self, items) -> list[Trigger]:
@@ -183,28 +192,41 @@ class _OnlineRunner:
                 self.p_active[first + j] = float(p[j])
 
     def closed_spans(self) -> list[tuple[int, int]]:
-        """Closed active runs [a, b) of the window, at or after the last completed span, that may trigger."""
-        spans, start = [], None
-        first = self.slot_of(0)
+        """Closed active runs [a, b) of the window, at or after the last completed span, that may trigger.
+
+        A run closes at a stretch of `close_run` known inactive slots (for which `closes` holds); a
+        shorter inactive gap followed by an active slot is bridged, so the run goes on through it. A closed
+        run triggers once its end b lies >= close_gap_s before the clock, if it spans >= min_span slots.
+        """
+        spans = []
+        first, w = self.slot_of(0), self.window
+        start, gap = (self.open_start, self.open_gap) if first >= self.completed_end else (None, 0)
         for j in range(self.cfg.window):
             slot = first + j
-            if slot < max(0, self.completed_end) or not bool(self.window.known[j]):
-                start = None
+            if slot < max(0, self.completed_end) or not bool(w.known[j]):
+                start, gap = None, 0
                 continue
-            if int(self.window.labels[j]) == ACTIVE:
-                if start is None:
-                    start = self.open_start if (j == 0 and self.open_start is not None) else slot
-            elif start is not None:
-                if not self.closes(j):  # an unsure end: the run stays open until its end is sure
-                    start = None
-                    continue
-                if self.clock - slot >= self.cfg.close_gap_s:
-                    spans.append((start, slot))
-                start = None
+            if int(w.labels[j]) == ACTIVE:
+                start, gap = (slot if start is None else start), 0
+                continue
+            if start is None:
+                continue
+            gap += 1
+            if gap >= self.cfg.close_run and self.closes(max(0, j - gap + 1), j):
+                end = slot - gap + 1  # the first inactive slot after the run
+                if end - start >= self.cfg.min_span and self.clock - end >= self.cfg.close_gap_s \
+                        and self.confirmed(max(0, start - first), j):
+                    spans.append((start, end))
+                start, gap = None, 0
         return spans
 
-    def closes(self, j: int) -> bool:
-        """Whether the inactive label at window position j may close the active run before it."""
+    def closes(self, first: int, last: int) -> bool:
+        """Whether the inactive stretch at window positions [first, last] may close the active run before it
+        (an unsure end keeps the run open: the next frames may bridge it or make the end sure)."""
+        return True
+
+    def confirmed(self, first: int, last: int) -> bool:
+        """Whether the closed run and its closing stretch, at window positions [first, last], may trigger now."""
         return True
 
     def fire(self, start: float, end: float) -> Trigger:
@@ -224,7 +246,7 @@ class _OnlineRunner:
             if self.done:
                 break
             raised.append(self.fire(start, end))
-            self.completed_end, self.open_start = end, None
+            self.completed_end, self.open_start, self.open_gap = end, None, 0
         return raised
 
 
@@ -276,7 +298,8 @@ class StreamingRunner(_OnlineRunner):
         return w.feats, seen, self.query_ids, tokens
 
     def compute(self, model, feats, seen, query_ids, tokens) -> tuple[Tensor, ...]:
-        return model.denoise(feats, seen, query_ids, tokens, self.cfg.steps, self.cfg.threshold) + (seen, tokens)
+        return model.denoise(feats, seen, query_ids, tokens, self.cfg.steps, self.cfg.threshold,
+                             self.cfg.active_threshold) + (seen, tokens)
 
     def apply(self, labels, p_active, confident, seen, tokens) -> list[Trigger]:
         w = self.window
@@ -290,17 +313,13 @@ class StreamingRunner(_OnlineRunner):
         return self.trigger_closed_spans()
 
 
-    def closes(self, j: int) -> bool:
-        """With close_confident: some slot of the inactive stretch that starts at j is sure."""
-        if not self.cfg.close_confident:
-            return True
-        w = self.window
-        for k in range(j, self.cfg.window):
-            if not bool(w.known[k]) or int(w.labels[k]) != INACTIVE:
-                return False
-            if bool(w.sure[k]):
-                return True
-        return False
+    def closes(self, first: int, last: int) -> bool:
+        """With close_confident: some slot of the inactive stretch [first, last] is sure."""
+        return not self.cfg.close_confident or bool(self.window.sure[first:last + 1].any())
+
+    def confirmed(self, first: int, last: int) -> bool:
+        """With confirm_stable: every slot of the run and of its closing stretch is stable (kept)."""
+        return not self.cfg.confirm_stable or bool(self.window.stable[first:last + 1].all())
 
 
 class _CausalRunner(_OnlineRunner):

@@ -91,6 +91,22 @@ def test_mask_boundary_block_straddles_a_span_edge():
         assert (np.diff(at) == 1).all()
 
 
+def test_mask_edge_masks_the_newest_seen_slots_and_scatters_only_over_seen_ones():
+    rng = np.random.default_rng(5)
+    lengths = set()
+    for _ in range(500):
+        labels, seen = _random_window(rng)
+        masked = sd.mask_edge(labels, seen, rng, scatter=0.0)
+        at = np.flatnonzero(masked)
+        # without scatter: one block ending at the newest slot, 1 to W/8 = 3 slots, all seen
+        assert at[-1] == len(labels) - 1 and (np.diff(at) == 1).all() and 1 <= len(at) <= 3
+        assert seen[at].all()
+        lengths.add(len(at))
+        scattered = sd.mask_edge(labels, seen, rng, scatter=1.0)
+        assert (scattered == seen).all()  # scatter 1 masks every seen slot, never an unseen one
+    assert lengths == {1, 2, 3}
+
+
 def test_live_targets_start_and_over():
     labels = np.array([0, 1, 1, 0, 0, 1, 1, 1])
     targets = sd.live_targets(labels, gap_s=1.0)

@@ -157,3 +157,19 @@ def test_conv_frame_encoder_matches_a_per_frame_loop_and_validates():
         StrideConfig(features="feats", feat_dim=100, frame_encoder="conv")
     with pytest.raises(ValueError, match="frame_encoder"):
         StrideConfig(frame_encoder="resnet")
+
+
+def test_head_span_rules_default_to_strides_and_can_be_set_apart():
+    base = dict(features="feats", feat_dim=5, window=8, d_model=16, n_heads=2, vocab_size=20)
+    shared = StrideConfig(**base, streaming=StreamingConfig(window=8, close_run=2, min_span=3))
+    assert (shared.head_streaming.close_run, shared.head_streaming.min_span) == (2, 3)
+    apart = StrideConfig(**base, head_close_run=1, head_min_span=2,
+                         streaming=StreamingConfig(window=8, close_run=2, min_span=3))
+    assert (apart.head_streaming.close_run, apart.head_streaming.min_span) == (1, 2)
+    assert (apart.streaming.close_run, apart.streaming.min_span) == (2, 3)  # STRIDE's own stay
+    with pytest.raises(ValueError, match="head_min_span"):
+        StrideConfig(**base, head_min_span=9, streaming=StreamingConfig(window=8))
+    with pytest.raises(ValueError, match="close_run"):
+        StreamingConfig(window=8, close_run=0)
+    with pytest.raises(ValueError, match="active_threshold"):
+        StreamingConfig(window=8, active_threshold=0.0)

@@ -174,6 +174,84 @@ def test_live_token_runner_pairs_started_and_over():
     assert [(t.start, t.end, t.time) for t in runner.triggers] == [(4.0, 9.0, 10.0), (14.0, 15.0, 16.0)]
 
 
+def test_close_run_bridges_short_dips_for_both_runners():
+    truth = truth_with([(3, 6), (7, 12)], 20)  # one event with a one-frame dip at 6
+    cfg = StreamingConfig(window=8, steps=1, close_run=2)
+    head = ThresholdHeadRunner(ScriptedCausal("head"), cfg, 0.5, "q", QUERY_IDS, 2)
+    head.run(stream_of(truth))
+    stride, _ = run(truth, cfg)
+    for runner in (head, stride):  # one span; it closes once two inactive slots (12, 13) are in: clock 14
+        assert [(t.start, t.end, t.time) for t in runner.triggers] == [(3.0, 12.0, 14.0)]
+    # a dip as long as close_run does close the span
+    runner, _ = run(truth_with([(3, 6), (8, 12)], 20), cfg)
+    assert [(t.start, t.end, t.time) for t in runner.triggers] == [(3.0, 6.0, 8.0), (8.0, 12.0, 14.0)]
+
+
+def test_close_run_keeps_the_start_of_a_run_that_left_the_window_before_a_dip():
+    truth = truth_with([(2, 9), (10, 20)], 30)  # the dip at 9 leaves the 6-slot window long before the end
+    runner, _ = run(truth, StreamingConfig(window=6, steps=1, close_run=2))
+    assert [(t.start, t.end, t.time) for t in runner.triggers] == [(2.0, 20.0, 22.0)]
+    runner, _ = run(truth, StreamingConfig(window=6, steps=1))  # close_run 1: the dip ends the first span
+    assert [(t.start, t.end) for t in runner.triggers] == [(2.0, 9.0), (10.0, 20.0)]
+
+
+def test_min_span_drops_short_blips():
+    truth = truth_with([(3, 4), (8, 12)], 20)
+    for cfg, want in ((StreamingConfig(window=8, steps=1), [(3.0, 4.0), (8.0, 12.0)]),
+                      (StreamingConfig(window=8, steps=1, min_span=2), [(8.0, 12.0)])):
+        runner, _ = run(truth, cfg)
+        head = ThresholdHeadRunner(ScriptedCausal("head"), cfg, 0.5, "q", QUERY_IDS, 2)
+        head.run(stream_of(truth))
+        assert [(t.start, t.end) for t in runner.triggers] == want == [(t.start, t.end) for t in head.triggers]
+
+
+def test_active_threshold_moves_the_decision_like_the_heads_threshold():
+    model = ScriptedDenoiser()
+    feats = stream_of([1, 1, 0, 0], 0.6)[None]  # p(active) = 0.6, 0.6, 0.4, 0.4
+    feats[0, 3, 1] = 0.9  # p(active) 0.1
+    seen, masked = torch.ones(1, 4, dtype=torch.bool), torch.full((1, 4), MASK)
+    plain, p, _ = model.denoise(feats, seen, QUERY_IDS[None], masked, steps=1, threshold=0.75)
+    assert plain[0].tolist() == [1, 1, 0, 0]
+    low, p_low, confident = model.denoise(feats, seen, QUERY_IDS[None], masked, steps=1, threshold=0.75,
+                                          active_threshold=0.3)
+    assert low[0].tolist() == [1, 1, 1, 0]  # active iff p(active) >= 0.3
+    assert torch.allclose(p_low, p) and torch.allclose(p[0], torch.tensor([0.6, 0.6, 0.4, 0.1]))
+    # confidence is measured after the shift (threshold 0.75): p 0.6 -> 0.78 active, sure; p 0.4 -> 0.61
+    # active, unsure; p 0.1 -> 0.79 inactive, sure
+    assert confident[0].tolist() == [True, True, False, True]
+    high, _, _ = model.denoise(feats, seen, QUERY_IDS[None], masked, steps=1, threshold=0.75,
+                               active_threshold=0.7)
+    assert high[0].tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="active_threshold"):
+        model.denoise(feats, seen, QUERY_IDS[None], masked, steps=1, threshold=0.75, active_threshold=1.0)
+
+
+class EdgeGuesser(ScriptedDenoiser):
+    """At the two newest window slots it reads feature 2 (a guess), further back feature 0 (the truth)."""
+
+    def forward(self, feats, seen, query_ids, tokens):
+        self.calls.append((tokens.clone(), seen.clone()))
+        edge = torch.arange(feats.shape[1]) >= feats.shape[1] - 2
+        p = torch.where(edge, feats[..., 2], feats[..., 0]).clamp(0.01, 0.99)
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
+
+
+def test_confirm_stable_never_triggers_a_blip_that_later_frames_revise():
+    truth = torch.tensor(truth_with([(10, 15)], 24), dtype=torch.float)
+    guess = truth.clone()
+    guess[5] = 1.0  # at the edge slot 5 looks active; two frames later it is seen to be inactive
+    stream = torch.stack([truth, torch.full_like(truth, 0.99), guess], dim=1)
+    got = {}
+    for confirm in (False, True):
+        cfg = StreamingConfig(window=8, steps=1, stable_runs=3, confirm_stable=confirm)
+        runner = StreamingRunner(EdgeGuesser(), cfg, "q", QUERY_IDS, feat_dim=3)
+        runner.run(stream)
+        got[confirm] = [(t.start, t.end, t.time) for t in runner.triggers]
+    assert got[False] == [(5.0, 6.0, 7.0), (10.0, 15.0, 16.0)]
+    # confirmed: slot 14 is stable after its third run (frame 16), the closing slot 15 after frame 17
+    assert got[True] == [(10.0, 15.0, 18.0)]
+
+
 def test_runner_rejects_a_batched_query():
     with pytest.raises(ValueError, match="1-D"):
         StreamingRunner(ScriptedDenoiser(), StreamingConfig(window=4), "q", QUERY_IDS[None], feat_dim=2)
