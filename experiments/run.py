@@ -54,9 +54,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if cfg.stages:
             if args.ckpt:
                 log.info("--ckpt ignored: a pipeline resumes by itself from %s", out / "stages")
-            fit_pipeline(cfg, out, args.overrides)
+            fit_pipeline(cfg, out, args.overrides, run_test=not args.no_test)
         else:
-            fit(cfg, out, ckpt=args.ckpt)
+            fit(cfg, out, ckpt=args.ckpt, run_test=not args.no_test)
         return 0
     if cfg.stages:  # a pipeline is evaluated as its last stage, with the pipeline's shared keys
         cfg = _last_stage(cfg, args.overrides)
@@ -89,7 +89,7 @@ def fit(cfg: Any, out: Path, ckpt: Optional[str] = None, run_test: bool = True) 
     return last
 
 
-def fit_pipeline(cfg: Any, out: Path, overrides: list[str]) -> None:
+def fit_pipeline(cfg: Any, out: Path, overrides: list[str], run_test: bool = True) -> None:
     """Fit `cfg.stages` in order, each from the previous stage's weights; test and report the last."""
     shared = _pipeline_keys(cfg)
     previous: Optional[Path] = Path(cfg.init_from) if cfg.init_from else None
@@ -113,7 +113,8 @@ def fit_pipeline(cfg: Any, out: Path, overrides: list[str]) -> None:
     final_cfg = _last_stage(cfg, overrides)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(previous, out / "checkpoints" / "last.ckpt")
-    evaluate(final_cfg, out, str(out / "checkpoints" / "last.ckpt"))
+    if run_test:
+        evaluate(final_cfg, out, str(out / "checkpoints" / "last.ckpt"))
 
 
 def _pipeline_keys(cfg: Any) -> dict:
@@ -233,6 +234,9 @@ def _parse_args(argv):
     parser.add_argument("--exp", help="<paper>/<name>, a YAML under experiments/configs/")
     parser.add_argument("--out", help="run directory (default runs/<exp>)")
     parser.add_argument("--ckpt", help="checkpoint to resume (fit) or evaluate (validate/test/predict)")
+    parser.add_argument("--no-test", action="store_true",
+                        help="fit only: skip the test split and the report (runs whose settings are still being "
+                             "tuned on val must not read test)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=10")
     return parser.parse_intermixed_args(argv)
 

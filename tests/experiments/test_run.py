@@ -27,6 +27,17 @@ def test_fit_writes_checkpoint_config_and_report(toy_configs, tmp_path):
     assert (out / "report" / "report.md").read_text() == report
 
 
+@pytest.mark.parametrize("exp", ["toy/tiny", "toy/pipeline"])
+def test_fit_no_test_never_reads_the_test_split(toy_configs, tmp_path, monkeypatch, exp):
+    # Tuning runs choose settings on val: with --no-test, fit must not touch test at all.
+    monkeypatch.setattr(run, "_test_and_report", lambda *a, **k: pytest.fail("fit --no-test ran the test"))
+    monkeypatch.setattr(run, "evaluate", lambda *a, **k: pytest.fail("fit --no-test ran the test"))
+    out = tmp_path / "run"
+    assert run.main(["fit", "--no-test", "--exp", exp, "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert not (out / "report").exists() and not (out / "eval").exists()
+
+
 def test_last_checkpoint_holds_the_final_step(toy_configs, tmp_path):
     out = tmp_path / "run"  # 10 steps: not a multiple of checkpoint_every_n_steps (4), mid-epoch (8 batches)
     run.main(["fit", "--exp", "toy/tiny", "--out", str(out), "trainer.max_steps=10"])
