@@ -215,20 +215,16 @@ class Ma2mbaDataModule(ShardDataModule):
         frames = sample["frames" if "frames" in sample else "feats"]
         seen = frames.shape[0] / self.cfg.fps + 1e-6
         scenes = [s for s in scenes if s["end"] <= seen]  # scenes cut by data.max_frames are never asked about
+        start = 0.0
         if self.cfg.clip_scenes is not None and scenes:
             lo, hi = self.cfg.clip_scenes
             size = self._rng.randint(min(lo, len(scenes)), min(hi, len(scenes)))
             first = self._rng.randrange(len(scenes) - size + 1)
             scenes = scenes[first:first + size]
-            offset = scenes[0]["start"]
-            frames = frames[math.floor(offset * self.cfg.fps + 1e-6):math.ceil(scenes[-1]["end"] * self.cfg.fps - 1e-6)]
-            scenes = [{**s, "start": s["start"] - offset, "end": s["end"] - offset} for s in scenes]
-        video = world.Video(duration=int(scenes[-1]["end"]) if scenes else 0, scenes=[
-            world.Scene(s["start"], s["end"], s["texture"], s["tint"], revisit_of=s["revisit_of"],
-                        shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]])
-            for s in scenes])  # period and phase only drive rendering, never a question
+            start = scenes[0]["start"]
+            frames = frames[math.floor(start * self.cfg.fps + 1e-6):math.ceil(scenes[-1]["end"] * self.cfg.fps - 1e-6)]
         # max_objects only widens the count questions' option list, which training never reads.
-        pools = world._qa_candidates(video, max_objects=4)
+        pools = world.qa_candidates(world.video_from_state(scenes, start), max_objects=4)
         # Drawn as the world draws its own questions: a question type uniformly, then an answer uniformly among
         # that type's answers, then a question with it, so the answer priors stay as flat as in val and test
         # (a uniform draw over candidates would favour e.g. "one" for every count question).

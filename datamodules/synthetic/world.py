@@ -126,6 +126,17 @@ class Video:
     scenes: list[Scene] = field(default_factory=list)
 
 
+def video_from_state(scenes: list[dict], start: float = 0.0) -> Video:
+    """The true state a sample keeps in json `meta.scenes` (absolute seconds, shapes' appear/vanish too) -> the
+    `Video` it was drawn as, times made relative to `start` (a window of scenes may begin mid-video), so that
+    `qa_candidates` asks of it exactly what the world could. Period and phase only drive rendering: left at 0."""
+    return Video(duration=int(scenes[-1]["end"] - start) if scenes else 0, scenes=[
+        Scene(int(sc["start"] - start), int(sc["end"] - start), sc["texture"], sc["tint"], revisit_of=sc["revisit_of"],
+              shapes=[Shape(**{**shape, "appear": shape["appear"] - sc["start"], "vanish": shape["vanish"] - sc["start"]},
+                            period=1.0, phase=0.0) for shape in sc["shapes"]])
+        for sc in scenes])
+
+
 def grid_side(cfg: WorldConfig) -> int:
     """Cells per row: one cell per shape, so shapes never cover one another."""
     return math.ceil(math.sqrt(cfg.objects[1]))
@@ -246,7 +257,7 @@ def annotate(video: Video, cfg: WorldConfig, rng: np.random.Generator) -> tuple[
                  "related": [j for j, other in enumerate(captions) if other == captions[i]]}
                 for i, scene in enumerate(video.scenes)]
 
-    candidates = _qa_candidates(video, cfg.objects[1])
+    candidates = qa_candidates(video, cfg.objects[1])
     qa, templates = [], []
     seen: set[str] = set()
     for _ in range(cfg.qa_per_video):
@@ -288,7 +299,7 @@ def _multiple_choice(candidate: dict, rng: np.random.Generator) -> dict:
             "answer_text": answer, "segments": candidate["segments"]}
 
 
-def _qa_candidates(video: Video, max_objects: int) -> dict[str, list[dict]]:
+def qa_candidates(video: Video, max_objects: int) -> dict[str, list[dict]]:
     """Every question the state answers unambiguously, per template.
 
     Number options come from one fixed list per template (one..four, or up to `max_objects`), so an

@@ -160,12 +160,8 @@ def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_
     # Every candidate question of this video (a draw larger than the pool takes them all), and each one's type.
     everything = _module(tiny_world, "stage2", dense_train_qa=10_000)._dense_qa(sample)[1]
     assert len({q["question"] for q in everything}) == len(everything)  # distinct questions
-    scenes = sample["json"]["meta"]["scenes"]
     template_of = {}
-    video = world.Video(duration=sample["json"]["num_frames"], scenes=[
-        world.Scene(s["start"], s["end"], s["texture"], s["tint"], revisit_of=s["revisit_of"],
-                    shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]]) for s in scenes])
-    for template, pool in world._qa_candidates(video, max_objects=4).items():
+    for template, pool in world.qa_candidates(world.video_from_state(sample["json"]["meta"]["scenes"]), 4).items():
         template_of.update({c["question"]: template for c in pool})
     draws = 1200
     picked = [dm._dense_qa(sample)[1][0] for _ in range(draws)]
@@ -202,10 +198,8 @@ def test_clip_scenes_trains_on_a_window_of_scenes_and_its_own_questions(tiny_wor
         lengths.add(size)
         # Every question is one the world asks of that window alone, with its answer there.
         window = scenes[first:first + size]
-        video = world.Video(duration=frames.shape[0], scenes=[
-            world.Scene(s["start"] - window[0]["start"], s["end"] - window[0]["start"], s["texture"], s["tint"],
-                        shapes=[world.Shape(period=1.0, phase=0.0, **shape) for shape in s["shapes"]]) for s in window])
-        truth = {(c["question"], c["answer"]) for pool in world._qa_candidates(video, 4).values() for c in pool}
+        video = world.video_from_state(window, start=window[0]["start"])
+        truth = {(c["question"], c["answer"]) for pool in world.qa_candidates(video, 4).values() for c in pool}
         assert qas and {(q["question"], q["answer_text"]) for q in qas} <= truth
     assert lengths == {1, 2}
     items = dm.map_sample(sample, "train")

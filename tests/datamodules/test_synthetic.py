@@ -135,6 +135,26 @@ def test_qa_answers_follow_from_the_state(seed):
             assert answer == f"a {first['colour']} {first['shape']}"
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_video_from_state_inverts_the_saved_state_and_asks_the_same_questions(seed):
+    from datamodules.synthetic.generate import _scene_state
+    from datamodules.synthetic.world import qa_candidates, video_from_state
+
+    document, _, _ = _npy_sample(seed)
+    scenes = document["meta"]["scenes"]
+    video = video_from_state(scenes)
+    assert video.duration == document["duration"] and [_scene_state(s) for s in video.scenes] == scenes
+    # The world drew its own questions out of these candidates: every one is among them, with its answer
+    # (appears_after_leaves included, which reads shapes' times relative to their scene).
+    asked = {(c["question"], c["answer"]) for pool in qa_candidates(video, 4).values() for c in pool}
+    assert {(q["question"], q["answer_text"]) for q in document["qa"]} <= asked
+    # A window of scenes from the middle: times relative to its first scene, shapes' included.
+    window = video_from_state(scenes[1:3], start=scenes[1]["start"])
+    assert window.scenes[0].start == 0 and window.duration == scenes[2]["end"] - scenes[1]["start"]
+    assert [(o.appear, o.vanish) for o in window.scenes[0].shapes] == [
+        (o["appear"] - scenes[1]["start"], o["vanish"] - scenes[1]["start"]) for o in scenes[1]["shapes"]]
+
+
 def test_answer_positions_are_balanced(tiny_world):
     answers = [item["answer"] for split in ("train", "val", "test") for s in samples(tiny_world, split)
                for item in json.loads(s["json"])["qa"]]
