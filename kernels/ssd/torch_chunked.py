@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from kernels.ssd.naive import compute_dtype, gate_output, process_dt
 
 # Inside a chunk the work per token grows with Q (the (Q, Q) decay matrix), across chunks
-# it does not; on a CPU 64 is the best trade at Mamba-2 sizes (n 128, p 64), see
-# kernels/benchmarks/results. Larger requested chunks run as several of this size, which
-# changes nothing beyond rounding.
+# it does not. At Mamba-2 sizes (n 128, p 64) on this project's 2-core CPU, 64 and 128 timed
+# alike forward and 64 was faster forward+backward, with less memory (a side-by-side run
+# while writing this backend, not a kept benchmark). Larger requested chunks run as several
+# of this size, which changes nothing beyond rounding.
 MAX_CHUNK = 64
 
 

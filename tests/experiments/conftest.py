@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,18 @@ from experiments import config as config_lib
 from experiments import papers
 
 from tests.experiments import toy_paper
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_small_world(root: Path, shard_size: int) -> Path:
+    """A real synthetic world through the user's CLI: 8 train + 4 val + 4 test one-minute videos with features."""
+    subprocess.run(
+        [sys.executable, "-m", "datamodules.synthetic", "--out", str(root), "--videos", "8", "--eval-videos", "4",
+         "--minutes", "1", "1", "--shard-size", str(shard_size), "--seed", "0", "--feats"],
+        cwd=REPO, check=True, timeout=600,  # its output reaches pytest's capture, shown on a failure
+    )
+    return root
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import io
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,20 +17,14 @@ import torch
 
 from experiments import config as config_lib
 from experiments import run
+from tests.experiments.conftest import write_small_world
 
-REPO = Path(__file__).resolve().parents[2]
 EXP = "stride/tiny"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    subprocess.run(
-        [sys.executable, "-m", "datamodules.synthetic", "--out", str(root), "--videos", "8", "--eval-videos", "4",
-         "--minutes", "1", "1", "--shard-size", "4", "--seed", "0", "--feats"],
-        cwd=REPO, check=True, timeout=600, capture_output=True,
-    )
-    return root
+    return write_small_world(tmp_path_factory.mktemp("world"), shard_size=4)
 
 
 def _cfg(world: Path, *extra: str):

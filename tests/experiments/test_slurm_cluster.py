@@ -6,10 +6,11 @@ Every step has a time limit; a failing job fails the test with its log.
 """
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.experiments.conftest import write_small_world
 
 pytestmark = pytest.mark.slurm
 
@@ -31,13 +32,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    subprocess.run(
-        [sys.executable, "-m", "datamodules.synthetic", "--out", str(root), "--videos", "8", "--eval-videos", "4",
-         "--minutes", "1", "1", "--shard-size", "2", "--seed", "0", "--feats"],
-        cwd=REPO, check=True, timeout=600,
-    )
-    return root
+    return write_small_world(tmp_path_factory.mktemp("world"), shard_size=2)
 
 
 def _submit(env, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
