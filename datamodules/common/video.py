@@ -167,6 +167,18 @@ def read_feats_npy(src: Source, name: str | None = None) -> np.ndarray:
     return feats
 
 
+def resample_1fps(stack: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
+    """Resample a 1-FPS stack (frames or features) to `fps`, `num_frames` output frames.
+
+    As `read_video` does: output frame i covers [i/fps, (i+1)/fps) and takes the 1-FPS frame shown at
+    that interval's middle, so fps 0.25 keeps frames 2, 6, 10, ...
+    """
+    if num_frames <= 0:
+        return stack[:0]
+    source = np.floor((np.arange(num_frames) + 0.5) / fps + _TOLERANCE).astype(np.int64)
+    return stack[np.minimum(source, len(stack) - 1)]
+
+
 def _load_npy(src: Source, name: str) -> np.ndarray:
     try:
         if isinstance(src, (bytes, bytearray, memoryview)):

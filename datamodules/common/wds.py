@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .resume import ResumableLoader
 from .schema import SampleError, validate_sample
 from .shards import shard_paths
-from .video import VideoError, read_feats_npy, read_frames_npy, read_video
+from .video import VideoError, read_feats_npy, read_frames_npy, read_video, resample_1fps
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -202,21 +202,17 @@ def decode_sample(raw: RawSample, cfg: ShardDataConfig) -> dict:
             if "feats.npy" not in raw.members:
                 raise DataError(f"data.use_feats is set but the sample has no .feats.npy (has {sorted(raw.members)})",
                                 where)
-            if cfg.fps != 1.0:
-                raise DataError(f"feats are stored at 1 FPS; data.fps={cfg.fps} needs decoding video", where)
             feats = read_feats_npy(raw.members["feats.npy"], name=f"{where}.feats.npy")
             if len(feats) != document["num_frames"]:
                 raise DataError(f".feats.npy has {len(feats)} frames, json num_frames is {document['num_frames']}",
                                 where)
-            sample["feats"] = torch.from_numpy(feats[:expected].astype(np.float32))
+            sample["feats"] = torch.from_numpy(resample_1fps(feats, cfg.fps, expected).astype(np.float32))
             return sample
         if "mp4" in raw.members:
             frames = read_video(raw.members["mp4"], fps=cfg.fps, max_frames=cfg.max_frames, name=f"{where}.mp4")
         elif "frames.npy" in raw.members:
-            frames = read_frames_npy(raw.members["frames.npy"], name=f"{where}.frames.npy")
-            if cfg.fps != 1.0:
-                raise DataError(f".frames.npy is stored at 1 FPS; data.fps={cfg.fps} is not supported for it", where)
-            frames = frames[:expected]
+            frames = resample_1fps(read_frames_npy(raw.members["frames.npy"], name=f"{where}.frames.npy"),
+                                   cfg.fps, expected)
         else:
             raise DataError(f"no video member: expected one of {['.' + m for m in VIDEO_MEMBERS]}, "
                             f"has {sorted(raw.members)}", where)

@@ -28,6 +28,15 @@ PAPER_RESULTS = (
 )
 
 
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for b vs c discordant pairs: P(|Binomial(b + c, 1/2) - mid| >= observed)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 class Perplexity(Metric):
     """exp(total NLL / total tokens) over everything seen; update(mean_nll, token_count)."""
 
@@ -199,6 +208,12 @@ class Ma2mbaModule(L.LightningModule):
         other = [r for r in records if "pred_other_video" in r]
         if other:
             metrics["other_video.qa_accuracy"] = sum(r["pred_other_video"] == r["answer"] for r in other) / len(other)
+            # Paired: the same questions, own video vs the previous one. Only the discordant questions
+            # (right with one video, wrong with the other) say whether the video helps.
+            only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in other)
+            only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in other)
+            metrics["video_gain.qa_accuracy"] = (only_own - only_other) / len(other)
+            metrics["video_gain.p_value"] = mcnemar_p(only_own, only_other)
         for k, v in self.baselines.items():
             metrics.setdefault(k, v)
         notes = {"chance": "uniform guess among the options",
@@ -209,9 +224,14 @@ class Ma2mbaModule(L.LightningModule):
                   "the video prefix runs once and every option continues from the recurrent state.", "",
                   "| | QA accuracy | |", "|---|---|---|",
                   f"| **ours** | **{metrics['qa_accuracy']:.3f}** | this model, each question after its own video |"]
-        for k in sorted(k for k in metrics if k.endswith(".qa_accuracy")):
+        for k in sorted(k for k in metrics if k.endswith(".qa_accuracy") and not k.startswith("video_gain")):
             name = k.split(".")[0]
             lines.append(f"| {name} | {metrics[k]:.3f} | {notes.get(name, '')} |")
+        if other:
+            lines += ["", f"**Does the model use the video?** Own video minus the previous video's, on the same "
+                      f"{len(other)} questions: {metrics['video_gain.qa_accuracy']:+.3f} ({only_own} questions right "
+                      f"only with their own video, {only_other} only with the other; exact McNemar test, two-sided "
+                      f"p = {metrics['video_gain.p_value']:.2g})."]
         if "perplexity" in metrics:
             lines += ["", f"Answer-token perplexity: {metrics['perplexity']:.3f}."]
         lines += ["", *self._per_template(records, fig_dir), "", "### Examples", ""]
@@ -229,13 +249,20 @@ class Ma2mbaModule(L.LightningModule):
 
     def _per_template(self, records: list[dict], fig_dir: pathlib.Path) -> list[str]:
         by: dict[str, list[bool]] = {}
+        by_other: dict[str, list[bool]] = {}
         for r in records:
             by.setdefault(r["template"] or "all", []).append(r["pred"] == r["answer"])
+            if "pred_other_video" in r:
+                by_other.setdefault(r["template"] or "all", []).append(r["pred_other_video"] == r["answer"])
         if len(by) < 2:
             return []
         names = sorted(by)
-        lines = ["| question type | n | accuracy |", "|---|---|---|"]
-        lines += [f"| {n} | {len(by[n])} | {sum(by[n]) / len(by[n]):.3f} |" for n in names]
+
+        def other(n: str) -> str:
+            return f"{sum(by_other[n]) / len(by_other[n]):.3f}" if by_other.get(n) else "–"
+
+        lines = ["| question type | n | accuracy | other video |", "|---|---|---|---|"]
+        lines += [f"| {n} | {len(by[n])} | {sum(by[n]) / len(by[n]):.3f} | {other(n)} |" for n in names]
         import matplotlib
 
         matplotlib.use("Agg")

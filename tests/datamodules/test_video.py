@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datamodules.common.video import (VideoError, read_feats_npy, read_frames_npy, read_video,
-                                      write_mp4)
+                                      resample_1fps, write_mp4)
 
 
 def numbered_frames(count, size=32):
@@ -54,6 +54,14 @@ def test_resampling_to_2fps_and_max_frames():
     assert len(read_video(mp4_bytes(numbered_frames(20, 16), fps=10), fps=2.0, max_frames=3)) == 3
     assert len(read_video(mp4_bytes(numbered_frames(9, 16)), max_frames=4)) == 4
 
+
+@pytest.mark.parametrize("fps, count", [(1.0, 9), (0.25, 2), (0.5, 4), (2.0, 6)])
+def test_resample_1fps_stack_agrees_with_decoding(fps, count):
+    """A 1-FPS stack (.frames.npy, .feats.npy) resamples as `read_video` resamples the same frames."""
+    frames = numbered_frames(9, 16)
+    decoded = read_video(mp4_bytes(frames), fps=fps, max_frames=count)
+    assert (frame_index(resample_1fps(frames, fps, count)) == frame_index(decoded)).all()
+    assert len(resample_1fps(frames, fps, 0)) == 0
 
 def test_truncated_and_corrupt_videos_raise_naming_the_source():
     data = mp4_bytes(numbered_frames(30))

@@ -105,6 +105,20 @@ def test_decoded_frames_match_the_json(tiny_world):
     assert feats["video"].dtype == torch.float32 and feats["video"].shape[-1] == 768
 
 
+
+def test_feats_resample_like_the_decoded_video(tiny_world):
+    """Feats are stored at 1 FPS; at data.fps 0.5 each output frame takes the stored feature at its
+    interval's middle, as decoding the mp4 at 0.5 FPS takes the frame shown there."""
+    (full,) = list(module(tiny_world, batch_size=3).val_dataloader())
+    (half,) = list(module(tiny_world, batch_size=3, fps=0.5).val_dataloader())
+    for doc, video, mask, video_half, mask_half in zip(full["json"], full["video"], full["mask"],
+                                                       half["video"], half["mask"]):
+        n = int(doc["duration"] * 0.5 + 1e-6)
+        assert mask_half.sum() == n
+        assert torch.equal(video_half[:n], video[1:2 * n:2])  # frame i covers [2i, 2i + 2): the feature of second 2i + 1
+        assert mask.sum() == doc["num_frames"]
+
+
 # --------------------------------------------------------------------------------------- bad data
 
 def _document(key, duration=4.0, **changes):

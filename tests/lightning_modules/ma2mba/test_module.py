@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules.ma2mba.model import Question
-from lightning_modules.ma2mba.module import Ma2mbaModule, Perplexity
+from lightning_modules.ma2mba.module import Ma2mbaModule, Perplexity, mcnemar_p
 
 from .test_model import TOKENS, VOCAB, _score_from_scratch, tiny_config, video
 
@@ -77,9 +77,21 @@ def test_report_puts_accuracy_beside_chance_and_the_paper(tmp_path):
     assert metrics["qa_accuracy"] == pytest.approx(2 / 8)
     assert metrics["chance.qa_accuracy"] == pytest.approx(0.25)
     assert metrics["other_video.qa_accuracy"] == pytest.approx(2 / 8)
+    # Own video right on answers 0 (i = 0, 4), the other video on answers 1 (i = 1, 5): no gain, p = 1.
+    assert metrics["video_gain.qa_accuracy"] == 0 and metrics["video_gain.p_value"] == 1.0
+    assert "2 questions right only with their own video, 2 only with the other" in section
+    assert "| colour | 4 | 0.500 | 0.000 |" in section and "| count | 4 | 0.000 | 0.500 |" in section
     assert metrics["prior.qa_accuracy"] == 0.3
     assert "| chance | 0.250 |" in section and "Video-MME" in section and "45.2" in section
     assert (tmp_path / "ma2mba_qa_by_type.png").exists()
+
+
+def test_mcnemar_p_matches_the_binomial_tail():
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)                  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+    assert mcnemar_p(10, 2) == pytest.approx(2 * 79 / 4096)          # 1 + 12 + 66 of 2^12
+    assert mcnemar_p(2, 10) == mcnemar_p(10, 2)
 
 
 def test_wrong_video_control_asks_a_question_first_question_before_the_previous_video(monkeypatch):
