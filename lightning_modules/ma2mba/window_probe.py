@@ -6,7 +6,9 @@ the answer's mean NLL after the window's own frames with the NLL after another w
 (resampled to the same length, so the prompt is unchanged). A model that reads the video scores
 lower with its own frames; one that answers from priors scores the same.
 
-    python -m lightning_modules.ma2mba.window_probe CKPT --scenes 1 3 [--questions 200]
+    python -m lightning_modules.ma2mba.window_probe CKPT [key=value ...] --scenes 1 3 [--questions 200]
+
+(config overrides such as data.fps=0.25 go before --scenes, which takes every number after it)
 """
 from __future__ import annotations
 
