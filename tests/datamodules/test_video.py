@@ -63,6 +63,7 @@ def test_resample_1fps_stack_agrees_with_decoding(fps, count):
     assert (frame_index(resample_1fps(frames, fps, count)) == frame_index(decoded)).all()
     assert len(resample_1fps(frames, fps, 0)) == 0
 
+
 def test_truncated_and_corrupt_videos_raise_naming_the_source():
     data = mp4_bytes(numbered_frames(30))
     with pytest.raises(VideoError, match="shard.tar:k.mp4"):

@@ -105,7 +105,6 @@ def test_decoded_frames_match_the_json(tiny_world):
     assert feats["video"].dtype == torch.float32 and feats["video"].shape[-1] == 768
 
 
-
 def test_feats_resample_like_the_decoded_video(tiny_world):
     """Feats are stored at 1 FPS; at data.fps 0.5 each output frame takes the stored feature at its
     interval's middle, as decoding the mp4 at 0.5 FPS takes the frame shown there."""
@@ -115,7 +114,8 @@ def test_feats_resample_like_the_decoded_video(tiny_world):
                                                        half["video"], half["mask"]):
         n = int(doc["duration"] * 0.5 + 1e-6)
         assert mask_half.sum() == n
-        assert torch.equal(video_half[:n], video[1:2 * n:2])  # frame i covers [2i, 2i + 2): the feature of second 2i + 1
+        # frame i covers seconds [2i, 2i + 2): the feature of second 2i + 1, its middle
+        assert torch.equal(video_half[:n], video[1:2 * n:2])
         assert mask.sum() == doc["num_frames"]
 
 
