@@ -13,6 +13,7 @@ upper end of what a frozen encoder could give.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from datamodules.common.wds import ShardDataConfig, decode_sample, read_shard
+from datamodules.common.shards import shard_paths
+from datamodules.common.wds import DataError, ShardDataConfig, decode_sample, read_shard
 from datamodules.synthetic.world import COLOURS, SHAPES, TEXTURES, TINTS
 
 PAIRS = [f"{c} {s}" for c in COLOURS for s in SHAPES]
@@ -42,26 +44,28 @@ def frame_labels(scenes: list[dict], t: int) -> np.ndarray | None:
 def load_frames(root: str, split: str, pixels: bool, limit: int, every: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (feats (N, D) float32, or frames (N, 3, H, W) float32 in [0, 1]) and labels (N, #labels) of a split."""
     cfg = ShardDataConfig(root=root, use_feats=not pixels)
-    inputs, labels = [], []
-    shards = sorted(Path(root, split).glob("shard-*.tar"))
+    directory = Path(root, split)
+    shards = shard_paths(directory)
     if not shards:
-        raise FileNotFoundError(f"no shards in {Path(root, split)}")
-    for shard in tqdm(shards, desc=f"{split} frames", leave=False):
-        for raw in read_shard(shard):
-            sample = decode_sample(raw, cfg)
-            video = sample["frames"] if pixels else sample["feats"]
-            for t in range(0, len(video), every):
-                y = frame_labels(sample["json"]["meta"]["scenes"], t)
-                if y is not None:
-                    inputs.append(torch.as_tensor(np.asarray(video[t])))
-                    labels.append(torch.from_numpy(y))
-            if len(inputs) >= limit:
-                break
-        if len(inputs) >= limit:
-            break
-    x = torch.stack(inputs[:limit])
-    x = x.permute(0, 3, 1, 2).float() / 255 if pixels else x.float()
-    return x, torch.stack(labels[:limit])
+        raise FileNotFoundError(f"no shards in {directory}")
+
+    def labelled_frames():
+        for shard in tqdm(shards, desc=f"{split} frames", leave=False):
+            for raw in read_shard(shard):
+                if isinstance(raw, DataError):
+                    raise raw
+                sample = decode_sample(raw, cfg)
+                video, scenes = sample["frames"] if pixels else sample["feats"], sample["json"]["meta"]["scenes"]
+                for t in range(0, len(video), every):
+                    y = frame_labels(scenes, t)
+                    if y is not None:
+                        yield torch.as_tensor(np.asarray(video[t])), torch.from_numpy(y)
+
+    pairs = list(itertools.islice(labelled_frames(), limit))
+    if not pairs:
+        raise ValueError(f"no frame of {directory} lies inside a scene of its meta.scenes")
+    x, y = (torch.stack(column) for column in zip(*pairs))
+    return (x.permute(0, 3, 1, 2).float() / 255 if pixels else x.float()), y
 
 
 def classifier(x: torch.Tensor, outputs: int) -> nn.Module:

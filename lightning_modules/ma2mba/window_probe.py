@@ -18,7 +18,7 @@ import random
 import torch
 from tqdm import tqdm
 
-from datamodules.common.wds import decode_sample, read_shard
+from datamodules.common.wds import DataError, decode_sample, read_shard
 
 
 def window_items(data, split: str, limit: int) -> list[dict]:
@@ -26,6 +26,8 @@ def window_items(data, split: str, limit: int) -> list[dict]:
     items = []
     for shard in data.shards(split):
         for raw in read_shard(shard):
+            if isinstance(raw, DataError):
+                raise raw
             items += data.map_sample(decode_sample(raw, data.cfg), "train")
             if len(items) >= limit:
                 return items[:limit]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from datamodules.common.wds import read_shard
+from datamodules.common.wds import DataError, read_shard
 from lightning_modules.ma2mba.perception_probe import GROUPS, PAIRS, frame_labels, load_frames, probe
 
 SCENES = [
@@ -71,3 +72,11 @@ def test_probe_reads_what_the_input_shows_and_not_what_it_hides():
 def test_missing_split_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere/train"):
         load_frames(str(tmp_path / "nowhere"), "train", pixels=False, limit=1)
+
+
+def test_a_truncated_shard_is_an_error_naming_it(ma2mba_world, tmp_path):
+    shutil.copytree(ma2mba_world / "val", tmp_path / "val")
+    shard = sorted((tmp_path / "val").glob("shard-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(DataError, match=f"{shard.name}.*corrupt or truncated"):
+        load_frames(str(tmp_path), "val", pixels=False, limit=10_000)
