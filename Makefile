@@ -10,11 +10,16 @@ TRITON_VERSION ?= 3.7.1
 MAMBA_SSM_VERSION ?= 2.3.2.post1
 
 EXP ?= ma2mba/tiny
-# Two synthetic worlds: the default one, and one with 12-24 segments per video for SALOVA, whose
-# retrieval means little when a random ranking of 3-8 segments already finds the right one.
+# Three synthetic worlds: the default one (STRIDE's); one with 12-24 segments per video for SALOVA, whose
+# retrieval means little when a random ranking of 3-8 segments already finds the right one; and the default
+# world asking two more question types for Video-Ma²mba, which need no binding of an object to its scene
+# (lightning_modules/ma2mba/README.md, "Tiny default").
 WORLD_ARGS_data/synthetic := --videos 400 --seed 0 --feats
 WORLD_ARGS_data/synthetic-scenes := --videos 300 --eval-videos 50 --seed 0 --feats --scenes 12 24 --minutes 3 6
-DATA ?= $(if $(filter salova/%,$(EXP)),data/synthetic-scenes,data/synthetic)
+WORLD_ARGS_data/synthetic-ma2mba := --videos 400 --seed 0 --feats --qa-templates colour_on_background \
+  count_on_background appears_after_leaves motion_of_object background_of_object scenes_with_object \
+  background_in_video background_at_end
+DATA ?= $(if $(filter salova/%,$(EXP)),data/synthetic-scenes,$(if $(filter ma2mba/tiny%,$(EXP)),data/synthetic-ma2mba,data/synthetic))
 OUT ?= runs/$(EXP)
 CKPT ?=
 ARGS ?=

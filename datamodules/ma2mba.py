@@ -21,9 +21,11 @@ visual tokens by the model.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -103,6 +105,18 @@ class Ma2mbaDataModule(ShardDataModule):
             tid(t) for t in ("<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|frame|>"))
         self._system = [self.system, *self.text(cfg.system_prompt), self.user]
         self._rng = random.Random(cfg.seed)  # which dense questions a train item draws
+        self._dense_templates = self._world_templates() if cfg.dense_train_qa > 0 else ()
+
+    def _world_templates(self) -> tuple[str, ...]:
+        """The question types the synthetic world at data.root asks (world.json), so dense QA asks the same."""
+        path = Path(self.cfg.root) / "world.json"
+        if not path.is_file():
+            raise ValueError(f"data.dense_train_qa draws the synthetic world's questions, but {path} does not exist")
+        templates = tuple(json.loads(path.read_text()).get("config", {}).get("qa_templates", world.DEFAULT_QA_TEMPLATES))
+        unknown = [t for t in templates if t not in world.QA_TEMPLATES]
+        if unknown:
+            raise ValueError(f"{path}: config.qa_templates names unknown question types {unknown}")
+        return templates
 
     @property
     def vocab_size(self) -> int:
@@ -230,7 +244,7 @@ class Ma2mbaDataModule(ShardDataModule):
         # (a uniform draw over candidates would favour e.g. "one" for every count question).
         drawn = []
         while len(drawn) < self.cfg.dense_train_qa:
-            available = sorted(t for t, pool in pools.items() if pool)
+            available = sorted(t for t in self._dense_templates if pools[t])
             if not available:
                 break
             template = self._rng.choice(available)
@@ -274,11 +288,8 @@ class Ma2mbaDataModule(ShardDataModule):
     # ------------------------------------------------------------------------------------------ reporting
     def baselines(self, split: str = "test") -> dict[str, float]:
         """Reference accuracies the data knows: chance, and the text-only prior of the synthetic world."""
-        import json
-        from pathlib import Path
-
-        world = Path(self.cfg.root) / "world.json"
-        if not world.is_file():
+        path = Path(self.cfg.root) / "world.json"
+        if not path.is_file():
             return {}
-        chance = json.loads(world.read_text()).get("splits", {}).get(split, {}).get("chance", {})
+        chance = json.loads(path.read_text()).get("splits", {}).get(split, {}).get("chance", {})
         return {k: float(v) for k, v in chance.items() if k.endswith("qa_accuracy")}

@@ -26,7 +26,7 @@ from datamodules.common.video import write_mp4
 
 from .render import frame_features, render_video
 from .tokenizer import sample_texts, save_tokenizer, train_tokenizer
-from .world import QA_TEMPLATES, WORLD_VERSION, WorldConfig, annotate, sample_video
+from .world import DEFAULT_QA_TEMPLATES, QA_TEMPLATES, WORLD_VERSION, WorldConfig, annotate, sample_video
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 RETRIEVAL_KS = (1, 3, 5)
@@ -243,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GenerateConfig, WorldConf
     parser.add_argument("--distractors", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.0)
     parser.add_argument("--qa-per-video", type=int, default=6)
+    parser.add_argument("--qa-templates", nargs="+", choices=QA_TEMPLATES, default=list(DEFAULT_QA_TEMPLATES),
+                        metavar="TEMPLATE", help=f"question types to ask (default: the first six of {QA_TEMPLATES})")
     parser.add_argument("--streaming-per-video", type=int, default=3)
     parser.add_argument("--feats", action="store_true", help="also write <key>.feats.npy (T, 768) float16")
     parser.add_argument("--format", dest="video_format", choices=["mp4", "npy"], default="mp4")
@@ -254,7 +256,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GenerateConfig, WorldConf
                          video_format=args.video_format, workers=args.workers, overwrite=args.overwrite)
     world = WorldConfig(minutes=tuple(args.minutes), size=args.size, scenes=tuple(args.scenes),
                         objects=tuple(args.objects), distractors=args.distractors, noise=args.noise,
-                        qa_per_video=args.qa_per_video, streaming_per_video=args.streaming_per_video)
+                        qa_per_video=args.qa_per_video, qa_templates=tuple(args.qa_templates),
+                        streaming_per_video=args.streaming_per_video)
     return cfg, world
 
 

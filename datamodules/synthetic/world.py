@@ -31,8 +31,13 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = ("small", "big")
 MOTIONS = ("stays still", "moves side to side", "moves up and down", "moves in circles", "moves diagonally")
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# The default world asks the first six; `WorldConfig.qa_templates` picks any of them. Most name an object and ask
+# about its scene, so answering needs the object bound to the scene it was in; the last two need no binding, only
+# what the video shows (which backgrounds occur, which one it ends on).
 QA_TEMPLATES = ("colour_on_background", "count_on_background", "appears_after_leaves",
-                "motion_of_object", "background_of_object", "scenes_with_object")
+                "motion_of_object", "background_of_object", "scenes_with_object",
+                "background_in_video", "background_at_end")
+DEFAULT_QA_TEMPLATES = QA_TEMPLATES[:6]
 
 
 @dataclass
@@ -49,6 +54,7 @@ class WorldConfig:
     distractors: int = 2                        # unannotated grey specks wandering over the background
     noise: float = 0.0                          # std of Gaussian pixel noise (0-255 scale)
     qa_per_video: int = 6
+    qa_templates: tuple[str, ...] = DEFAULT_QA_TEMPLATES  # question types asked, drawn uniformly among them
     streaming_per_video: int = 3
     appear_span_seconds: int = 3                # an "appears" query is active this long after each appearance
 
@@ -56,6 +62,7 @@ class WorldConfig:
         self.minutes = tuple(float(m) for m in self.minutes)
         self.scenes = tuple(int(s) for s in self.scenes)
         self.objects = tuple(int(o) for o in self.objects)
+        self.qa_templates = tuple(self.qa_templates)
         if not (len(self.minutes) == 2 and 0 < self.minutes[0] <= self.minutes[1]):
             raise ValueError(f"minutes must be (min, max) with 0 < min <= max, got {self.minutes}")
         if self.size < 16 or self.size % 2:
@@ -74,6 +81,9 @@ class WorldConfig:
         for name in ("distractors", "qa_per_video", "streaming_per_video"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        unknown = [t for t in self.qa_templates if t not in QA_TEMPLATES]
+        if unknown or not self.qa_templates or len(set(self.qa_templates)) != len(self.qa_templates):
+            raise ValueError(f"qa_templates must be distinct names out of {QA_TEMPLATES}, got {self.qa_templates}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.appear_span_seconds < 1:
@@ -261,7 +271,7 @@ def annotate(video: Video, cfg: WorldConfig, rng: np.random.Generator) -> tuple[
     qa, templates = [], []
     seen: set[str] = set()
     for _ in range(cfg.qa_per_video):
-        available = [t for t in QA_TEMPLATES if any(c["question"] not in seen for c in candidates[t])]
+        available = [t for t in cfg.qa_templates if any(c["question"] not in seen for c in candidates[t])]
         if not available:
             break
         template = available[int(rng.integers(len(available)))]
@@ -337,6 +347,18 @@ def qa_candidates(video: Video, max_objects: int) -> dict[str, list[dict]]:
                 "question": f"How many shapes appear on the {background} background?",
                 "answer": NUMBERS[count - 1], "near": [],
                 "vocabulary": list(NUMBERS[:max(4, max_objects)]), "segments": ids})
+
+    # No binding: a background shown anywhere against three never shown; the background of the last scene.
+    for background, ids in by_background.items():
+        out["background_in_video"].append({
+            "question": "Which of these backgrounds appears in the video?", "answer": f"the {background} background",
+            "near": [], "vocabulary": backgrounds, "exclude": [f"the {b} background" for b in by_background],
+            "segments": ids})
+    if scenes:
+        out["background_at_end"].append({
+            "question": "On which background does the video end?", "answer": f"the {scenes[-1].background} background",
+            "near": [f"the {b} background" for b in by_background], "vocabulary": backgrounds,
+            "segments": [len(scenes) - 1]})
 
     for name, ids in by_name.items():
         shapes = [shape_of(i, name) for i in ids]

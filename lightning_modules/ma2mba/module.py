@@ -248,30 +248,43 @@ class Ma2mbaModule(L.LightningModule):
         return metrics, "\n".join(lines) + "\n"
 
     def _per_template(self, records: list[dict], fig_dir: pathlib.Path) -> list[str]:
-        by: dict[str, list[bool]] = {}
-        by_other: dict[str, list[bool]] = {}
+        """Per question type: accuracy, the wrong-video control and its paired test (a table and a bar chart)."""
+        by: dict[str, list[dict]] = {}
         for r in records:
-            by.setdefault(r["template"] or "all", []).append(r["pred"] == r["answer"])
-            if "pred_other_video" in r:
-                by_other.setdefault(r["template"] or "all", []).append(r["pred_other_video"] == r["answer"])
+            by.setdefault(r["template"] or "all", []).append(r)
         if len(by) < 2:
             return []
         names = sorted(by)
 
-        def other(n: str) -> str:
-            return f"{sum(by_other[n]) / len(by_other[n]):.3f}" if by_other.get(n) else "–"
+        def accuracy(rs: list[dict], pred: str = "pred") -> float:
+            return sum(r[pred] == r["answer"] for r in rs) / len(rs)
 
-        lines = ["| question type | n | accuracy | other video |", "|---|---|---|---|"]
-        lines += [f"| {n} | {len(by[n])} | {sum(by[n]) / len(by[n]):.3f} | {other(n)} |" for n in names]
+        lines = ["| question type | n | accuracy | other video | right only with own / only with other video (p) |",
+                 "|---|---|---|---|---|"]
+        for n in names:
+            paired = [r for r in by[n] if "pred_other_video" in r]
+            control = gain = "–"
+            if paired:
+                only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in paired)
+                only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in paired)
+                control = f"{accuracy(paired, 'pred_other_video'):.3f}"
+                gain = f"{only_own} / {only_other} ({mcnemar_p(only_own, only_other):.2g})"
+            lines.append(f"| {n} | {len(by[n])} | {accuracy(by[n]):.3f} | {control} | {gain} |")
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3))
-        ax.bar(names, [sum(by[n]) / len(by[n]) for n in names], color="tab:blue", label="ours")
+        x = list(range(len(names)))
+        ax.bar([i - 0.2 for i in x], [accuracy(by[n]) for n in names], width=0.4, color="tab:blue", label="ours")
+        controls = [[r for r in by[n] if "pred_other_video" in r] for n in names]
+        if any(controls):
+            ax.bar([i + 0.2 for i in x], [accuracy(c, "pred_other_video") if c else 0.0 for c in controls], width=0.4,
+                   color="tab:orange", label="ours, other video")
         chance = sum(1 / len(r["options"]) for r in records) / len(records)
         ax.axhline(chance, color="grey", linestyle="--", label="chance")
+        ax.set_xticks(x, names)
         ax.set_ylabel("QA accuracy")
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)

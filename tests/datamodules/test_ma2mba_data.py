@@ -178,6 +178,22 @@ def test_dense_train_qa_draws_type_then_answer_uniformly_as_the_world_does(tiny_
     assert max(share) - min(share) < 0.7 / len(answers)
 
 
+def test_dense_train_qa_asks_only_the_question_types_of_the_world(tmp_path):
+    from .conftest import write_tiny_world
+
+    write_tiny_world(tmp_path, videos=2, eval_videos=1, qa_templates=("background_in_video", "background_at_end"))
+    dm = _module(tmp_path, "stage2", dense_train_qa=50)
+    assert dm._dense_templates == ("background_in_video", "background_at_end")
+    asked = {q["question"] for q in dm._dense_qa(_first_sample(dm, "train"))[1]}
+    assert asked == {"Which of these backgrounds appears in the video?", "On which background does the video end?"}
+    (tmp_path / "world.json").rename(tmp_path / "moved.json")
+    with pytest.raises(ValueError, match="world.json"):
+        _module(tmp_path, "stage2", dense_train_qa=1)
+    (tmp_path / "world.json").write_text('{"config": {"qa_templates": ["background_of_sky"]}}')
+    with pytest.raises(ValueError, match="background_of_sky"):
+        _module(tmp_path, "stage2", dense_train_qa=1)
+
+
 def test_clip_scenes_trains_on_a_window_of_scenes_and_its_own_questions(tiny_world):
     from datamodules.ma2mba import world
 

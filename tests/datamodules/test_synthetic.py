@@ -13,7 +13,7 @@ from datamodules.common.video import read_video
 from datamodules.synthetic import WorldConfig, make_sample
 from datamodules.synthetic.generate import random_retrieval_recall
 from datamodules.synthetic.render import frame_features
-from datamodules.synthetic.world import COLOURS, MOTIONS, NUMBERS, TINTS
+from datamodules.synthetic.world import COLOURS, DEFAULT_QA_TEMPLATES, MOTIONS, NUMBERS, TINTS
 
 from .conftest import write_tiny_world
 
@@ -136,6 +136,24 @@ def test_qa_answers_follow_from_the_state(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_questions_that_need_no_binding(seed):
+    """background_in_video: the answer is shown, every other option never is; background_at_end: the last scene's,
+    against the video's other backgrounds first. The default world asks neither."""
+    document, _, _ = _npy_sample(seed, qa_templates=("background_in_video", "background_at_end"), qa_per_video=2)
+    shown = [f"the {s['texture']} {s['tint']} background" for s in document["meta"]["scenes"]]
+    assert sorted(document["meta"]["qa_templates"]) == ["background_at_end", "background_in_video"]
+    for item, template in zip(document["qa"], document["meta"]["qa_templates"]):
+        wrong = [o for i, o in enumerate(item["options"]) if i != item["answer"]]
+        if template == "background_in_video":
+            assert item["answer_text"] in shown and not set(wrong) & set(shown)
+        else:
+            assert item["answer_text"] == shown[-1] and item["segments"] == [len(shown) - 1]
+            assert set(wrong) & set(shown) or len(set(shown)) == 1  # the video's own backgrounds come first
+    default, _, _ = _npy_sample(seed)
+    assert set(default["meta"]["qa_templates"]) <= set(DEFAULT_QA_TEMPLATES)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_video_from_state_inverts_the_saved_state_and_asks_the_same_questions(seed):
     from datamodules.synthetic.generate import _scene_state
     from datamodules.synthetic.world import qa_candidates, video_from_state
@@ -192,6 +210,8 @@ def test_world_config_checks():
         WorldConfig(size=63)
     with pytest.raises(ValueError, match="minutes"):
         WorldConfig(minutes=(3.0, 1.0))
+    with pytest.raises(ValueError, match="qa_templates.*background_of_sky"):
+        WorldConfig(qa_templates=("background_in_video", "background_of_sky"))
 
 
 def test_cli_writes_a_world_and_refuses_to_overwrite(tmp_path):

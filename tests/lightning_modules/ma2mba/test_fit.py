@@ -12,7 +12,8 @@ from experiments import run
 
 def test_every_committed_ma2mba_yaml_validates():
     names = [e for e in config_lib.list_experiments() if e.startswith("ma2mba/")]
-    assert {"ma2mba/tiny", "ma2mba/tiny_stage1", "ma2mba/tiny_stage1_5", "ma2mba/tiny_stage2"} <= set(names)
+    assert {"ma2mba/tiny", "ma2mba/tiny_stage1", "ma2mba/tiny_stage1_5", "ma2mba/tiny_stage2_clips",
+            "ma2mba/tiny_stage2"} <= set(names)
     for name in names:
         cfg = config_lib.load(name)
         for stage in cfg.stages:
@@ -23,7 +24,7 @@ def test_tiny_pipeline_fits_tests_and_reports(ma2mba_world, shrink, tmp_path):
     out = tmp_path / "run"
     code = run.main(["fit", "--exp", "ma2mba/tiny", "--out", str(out), f"data.root={ma2mba_world}", *shrink])
     assert code == 0
-    for stage in ("1-tiny_stage1", "2-tiny_stage1_5", "3-tiny_stage2"):
+    for stage in ("1-tiny_stage1", "2-tiny_stage1_5", "3-tiny_stage2_clips", "4-tiny_stage2"):
         assert (out / "stages" / stage / "DONE").exists()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["qa_accuracy"] <= 1.0

@@ -80,7 +80,7 @@ def test_report_puts_accuracy_beside_chance_and_the_paper(tmp_path):
     # Own video right on answers 0 (i = 0, 4), the other video on answers 1 (i = 1, 5): no gain, p = 1.
     assert metrics["video_gain.qa_accuracy"] == 0 and metrics["video_gain.p_value"] == 1.0
     assert "2 questions right only with their own video, 2 only with the other" in section
-    assert "| colour | 4 | 0.500 | 0.000 |" in section and "| count | 4 | 0.000 | 0.500 |" in section
+    assert "| colour | 4 | 0.500 | 0.000 | 2 / 0 (0.5) |" in section and "| count | 4 | 0.000 | 0.500 | 0 / 2 (0.5) |" in section
     assert metrics["prior.qa_accuracy"] == 0.3
     assert "| chance | 0.250 |" in section and "Video-MME" in section and "45.2" in section
     assert (tmp_path / "ma2mba_qa_by_type.png").exists()
