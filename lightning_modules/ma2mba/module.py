@@ -255,6 +255,7 @@ class Ma2mbaModule(L.LightningModule):
         if len(by) < 2:
             return []
         names = sorted(by)
+        paired = {n: [r for r in by[n] if "pred_other_video" in r] for n in names}
 
         def accuracy(rs: list[dict], pred: str = "pred") -> float:
             return sum(r[pred] == r["answer"] for r in rs) / len(rs)
@@ -262,12 +263,11 @@ class Ma2mbaModule(L.LightningModule):
         lines = ["| question type | n | accuracy | other video | right only with own / only with other video (p) |",
                  "|---|---|---|---|---|"]
         for n in names:
-            paired = [r for r in by[n] if "pred_other_video" in r]
             control = gain = "–"
-            if paired:
-                only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in paired)
-                only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in paired)
-                control = f"{accuracy(paired, 'pred_other_video'):.3f}"
+            if paired[n]:
+                only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in paired[n])
+                only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in paired[n])
+                control = f"{accuracy(paired[n], 'pred_other_video'):.3f}"
                 gain = f"{only_own} / {only_other} ({mcnemar_p(only_own, only_other):.2g})"
             lines.append(f"| {n} | {len(by[n])} | {accuracy(by[n]):.3f} | {control} | {gain} |")
         import matplotlib
@@ -278,16 +278,14 @@ class Ma2mbaModule(L.LightningModule):
         fig, ax = plt.subplots(figsize=(7, 3))
         x = list(range(len(names)))
         ax.bar([i - 0.2 for i in x], [accuracy(by[n]) for n in names], width=0.4, color="tab:blue", label="ours")
-        controls = [[r for r in by[n] if "pred_other_video" in r] for n in names]
-        if any(controls):
-            ax.bar([i + 0.2 for i in x], [accuracy(c, "pred_other_video") if c else 0.0 for c in controls], width=0.4,
-                   color="tab:orange", label="ours, other video")
+        if any(paired.values()):
+            ax.bar([i + 0.2 for i in x], [accuracy(paired[n], "pred_other_video") if paired[n] else 0.0 for n in names],
+                   width=0.4, color="tab:orange", label="ours, other video")
         chance = sum(1 / len(r["options"]) for r in records) / len(records)
         ax.axhline(chance, color="grey", linestyle="--", label="chance")
-        ax.set_xticks(x, names)
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("QA accuracy")
         ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(fig_dir / "ma2mba_qa_by_type.png", dpi=120)
