@@ -29,6 +29,7 @@ from kernels.conv import causal_conv1d, causal_conv1d_step
 from kernels.ssd import ssd_scan, ssd_step
 
 CHECKPOINT_MODES = ("none", "layer", "sqrt", "ma_gc")
+INITS = ("mamba_ssm", "transformers")
 SSD_BACKENDS = ("auto", "triton", "torch", "naive")
 CONV_BACKENDS = ("auto", "torch", "naive")
 LayerState = tuple[torch.Tensor, torch.Tensor]
@@ -61,6 +62,10 @@ class Mamba2Config:
     dt_limit_max: float = float("inf")
     A_init_min: float = 1.0
     A_init_max: float = 16.0
+    # How a randomly initialised LM starts (checkpoints overwrite it): "mamba_ssm" (A uniform in
+    # [A_init_min, A_init_max], embeddings N(0, 0.02), default in_proj, out_proj scaled by 1/sqrt(n_layer)) or
+    # "transformers" (its Mamba2's: A = 1..nheads, embeddings and in_proj N(0, 0.1), conv bias 0, out_proj unscaled).
+    init: str = "mamba_ssm"
     # "none" keeps every activation; "layer" keeps each layer's input (recomputes one layer);
     # "sqrt" keeps the input of every ceil(sqrt(n_layer))-th layer; "ma_gc" keeps the input of
     # every ma_gc_l-th layer and every layer's state every ma_gc_s tokens (kernels.checkpoint).
@@ -92,6 +97,8 @@ class Mamba2Config:
             fail("dt_limit_min", f"in [0, dt_limit_max = {self.dt_limit_max}]")
         if not 0 < self.A_init_min <= self.A_init_max:
             fail("A_init_min", f"in (0, A_init_max = {self.A_init_max}]")
+        if self.init not in INITS:
+            fail("init", f"one of {INITS}")
         if self.gradient_checkpointing not in CHECKPOINT_MODES:
             fail("gradient_checkpointing", f"one of {CHECKPOINT_MODES}")
         if self.ma_gc_l != "auto" and (not isinstance(self.ma_gc_l, int) or not 1 <= self.ma_gc_l <= self.n_layer):
@@ -292,20 +299,29 @@ class Mamba2LM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """mamba_ssm's initialisation: dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max];
-        A uniform in [A_init_min, A_init_max]; D = 1; embeddings N(0, 0.02); out_proj scaled by
-        1/sqrt(n_layer) (GPT-2's prenorm-residual rule); biases zero."""
+        """`cfg.init` "mamba_ssm": dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]; A uniform in
+        [A_init_min, A_init_max]; D = 1; embeddings N(0, 0.02); out_proj scaled by 1/sqrt(n_layer) (GPT-2's
+        prenorm-residual rule); biases zero. "transformers" (its Mamba2PreTrainedModel): the same dt and D, A = 1..nheads,
+        embeddings and in_proj N(0, 0.1), conv bias zero, out_proj unscaled."""
         c = self.cfg
-        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        peer = c.init == "transformers"
+        nn.init.normal_(self.backbone.embedding.weight, std=0.1 if peer else 0.02)
         for block in self.backbone.layers:
             m = block.mixer
             dt = torch.exp(torch.rand(c.nheads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
             dt = dt.clamp(min=c.dt_init_floor)
             m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            m.A_log.copy_(torch.log(torch.empty(c.nheads).uniform_(c.A_init_min, c.A_init_max)))
+            A = torch.arange(1, c.nheads + 1, dtype=torch.float32) if peer else \
+                torch.empty(c.nheads).uniform_(c.A_init_min, c.A_init_max)
+            m.A_log.copy_(torch.log(A))
             m.D.fill_(1.0)
+            if peer:
+                nn.init.normal_(m.in_proj.weight, std=0.1)
+                if m.conv1d.bias is not None:
+                    m.conv1d.bias.zero_()
             nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
-            m.out_proj.weight /= math.sqrt(c.n_layer)
+            if not peer:
+                m.out_proj.weight /= math.sqrt(c.n_layer)
             for linear in (m.in_proj, m.out_proj):
                 if linear.bias is not None:
                     linear.bias.zero_()

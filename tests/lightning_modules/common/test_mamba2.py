@@ -236,6 +236,30 @@ def test_ma_gc_grid_and_state_gradients_across_pieces():
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
+def test_transformers_init_matches_the_peers_initialisation(hf_mamba2):
+    """init="transformers" starts where transformers' Mamba2ForCausalLM starts (same A and dt range; in_proj and
+    embedding scales; conv bias; out_proj scale), where the default follows mamba_ssm."""
+    from transformers import Mamba2Config as HFConfig
+
+    torch.manual_seed(0)
+    peer = hf_mamba2.Mamba2ForCausalLM(HFConfig(num_heads=8, head_dim=16, vocab_size=512, hidden_size=64, state_size=8,
+                                                num_hidden_layers=4, n_groups=1, expand=2, use_conv_bias=True))
+    ours = Mamba2LM(Mamba2Config(d_model=64, n_layer=4, vocab_size=512, d_state=8, headdim=16, init="transformers"))
+    default = Mamba2LM(Mamba2Config(d_model=64, n_layer=4, vocab_size=512, d_state=8, headdim=16))
+    theirs = {n: p for n, p in peer.named_parameters()}
+    for ours_name, peer_name in [("backbone.embedding.weight", "backbone.embeddings.weight"),
+                                 ("backbone.layers.0.mixer.in_proj.weight", "backbone.layers.0.mixer.in_proj.weight"),
+                                 ("backbone.layers.0.mixer.out_proj.weight", "backbone.layers.0.mixer.out_proj.weight")]:
+        ours_std, peer_std = dict(ours.named_parameters())[ours_name].std().item(), theirs[peer_name].std().item()
+        assert ours_std == pytest.approx(peer_std, rel=0.1), ours_name
+    mixer, peer_mixer = ours.backbone.layers[0].mixer, peer.backbone.layers[0].mixer
+    torch.testing.assert_close(mixer.A_log, peer_mixer.A_log)
+    assert mixer.conv1d.bias.abs().max() == peer_mixer.conv1d.bias.abs().max() == 0
+    # The default is mamba_ssm's: smaller embeddings, out_proj scaled down by sqrt(n_layer).
+    assert default.backbone.embedding.weight.std() < 0.03
+    assert default.backbone.layers[0].mixer.out_proj.weight.std() < 0.6 * mixer.out_proj.weight.std()
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="Mamba2Config.headdim"):
         Mamba2Config(d_model=32, headdim=24)
@@ -245,6 +269,8 @@ def test_config_rejects_bad_values():
         Mamba2Config(chunk_size=64, ma_gc_s=100)
     with pytest.raises(ValueError, match="Mamba2Config.ma_gc_l = 9"):
         Mamba2Config(n_layer=4, ma_gc_l=9)
+    with pytest.raises(ValueError, match="Mamba2Config.init = 'xavier'"):
+        Mamba2Config(init="xavier")
 
 
 def test_grid_costs_are_the_papers_for_2p7b():
