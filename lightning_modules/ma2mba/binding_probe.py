@@ -14,7 +14,7 @@ It prints held-out accuracy as training goes. Chance is 1/35; naming some backgr
 1 / (number of scenes). Nothing here reads the world's shards: it isolates the LM's part of the problem.
 
     python -m lightning_modules.ma2mba.binding_probe --task bind --steps 800 [--scene-frames 4 20] [--gap 0]
-        [--transformers] [Mamba2Config overrides: n_layer=2 ...]
+        [--transformers] [Mamba2Config overrides: init=transformers n_layer=2 ...]
 """
 from __future__ import annotations
 
