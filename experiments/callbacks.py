@@ -36,6 +36,11 @@ class SaveOnSignal(L.Callback):
     that `fit --ckpt` resumes. Under Slurm, a USR1 also requeues the job (rank 0), and the job script
     resumes from `path`. (Lightning's own Slurm handler is turned off in run.py: it saves from inside
     the signal handler, possibly mid-step; we save at a step boundary.)
+
+    The USR1 handler only sets a flag. Every rank then agrees at the end of each step (an all-reduce
+    of the flag), so all of them stop at the same step even when the signal reaches them at different
+    moments. Lightning's SIGTERM notifier broadcasts from inside the handler instead, which deadlocks
+    when another rank is blocked in a gradient all-reduce at that moment (seen as a hung preemption test).
     """
 
     def __init__(self, path: Path):
@@ -44,13 +49,21 @@ class SaveOnSignal(L.Callback):
         self._signum = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        connector = trainer._signal_connector
-
         def on_usr1(signum, frame):
-            self._signum = signum
-            connector._sigterm_notifier_fn(signum, frame)
+            self._signum = signum  # no logging or collectives in a signal handler
 
         self._previous = signal.signal(signal.SIGUSR1, on_usr1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        requested = self._signum is not None
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(requested)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested and not trainer.received_sigterm:
+            self._signum = signal.SIGUSR1
+            log.info("USR1 received: stopping after global step %d", trainer.global_step)
+            trainer._signal_connector.received_sigterm = True  # the fit loop raises SIGTERMException next
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
