@@ -138,3 +138,29 @@ def test_misspelt_key_stops_before_any_work(world, tmp_path, capsys):
     code = run.main(["fit", "--exp", EXP, "--out", str(out), f"data.root={world}", "data.batch_sise=2"])
     assert code == 2 and "data.batch_size" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _usr1_on_one_rank(rank: int, store: str, stopped) -> None:
+    """One rank of two: only rank 1 got USR1; after the step's end both must stop (neither may wait alone)."""
+    from types import SimpleNamespace
+
+    from experiments.callbacks import SaveOnSignal
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    callback = SaveOnSignal(Path(store).with_suffix(".ckpt"))
+    trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")),
+                              received_sigterm=False, global_step=3)
+    trainer._signal_connector = trainer  # the callback raises the flag Lightning's fit loop checks
+    if rank == 1:
+        callback._signum = signal.SIGUSR1
+    callback.on_train_batch_end(trainer, None)
+    stopped[rank] = trainer.received_sigterm
+    torch.distributed.destroy_process_group()
+
+
+def test_usr1_reaching_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    stopped = mp.Manager().dict()
+    mp.spawn(_usr1_on_one_rank, args=(str(tmp_path / "store"), stopped), nprocs=2, join=True)
+    assert dict(stopped) == {0: True, 1: True}
