@@ -122,6 +122,8 @@ def train(task: str = "bind", steps: int = 800, batch: int = 16, lr: float = 1e-
 
 
 def main(argv=None) -> None:
+    from experiments import config as config_lib
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=TASKS, default="bind")
     parser.add_argument("--steps", type=int, default=800)
@@ -133,13 +135,8 @@ def main(argv=None) -> None:
     parser.add_argument("--transformers", action="store_true", help="train transformers' Mamba2 instead of ours")
     parser.add_argument("lm", nargs="*", help="Mamba2Config overrides, e.g. n_layer=2 d_state=64")
     args = parser.parse_args(argv)
-    lm = Ma2mbaConfig().lm
-    for override in args.lm:
-        key, value = override.split("=", 1)
-        if not hasattr(lm, key):
-            raise ValueError(f"binding_probe: Mamba2Config has no field {key!r}")
-        setattr(lm, key, type(getattr(lm, key))(value))
-    lm.__post_init__()
+    # The tiny default's LM with the overrides, typed and checked by the runner's own config loader.
+    lm = config_lib.load("ma2mba/tiny_stage2", [f"model.lm.{override}" for override in args.lm]).model.lm
     torch.set_flush_denormal(True)
     train(args.task, args.steps, args.batch, args.lr, tuple(args.scene_frames), args.gap, lm, args.seed,
           peer=args.transformers)
