@@ -37,6 +37,14 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def discordant(paired: list[dict]) -> tuple[int, int]:
+    """Test records asked with their own and with another video: (# right only with their own video, # right only
+    with the other), the counts the McNemar test compares."""
+    only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in paired)
+    only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in paired)
+    return only_own, only_other
+
+
 class Perplexity(Metric):
     """exp(total NLL / total tokens) over everything seen; update(mean_nll, token_count)."""
 
@@ -210,8 +218,7 @@ class Ma2mbaModule(L.LightningModule):
             metrics["other_video.qa_accuracy"] = sum(r["pred_other_video"] == r["answer"] for r in other) / len(other)
             # Paired: the same questions, own video vs the previous one. Only the discordant questions
             # (right with one video, wrong with the other) say whether the video helps.
-            only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in other)
-            only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in other)
+            only_own, only_other = discordant(other)
             metrics["video_gain.qa_accuracy"] = (only_own - only_other) / len(other)
             metrics["video_gain.p_value"] = mcnemar_p(only_own, only_other)
         for k, v in self.baselines.items():
@@ -265,8 +272,7 @@ class Ma2mbaModule(L.LightningModule):
         for n in names:
             control = gain = "–"
             if paired[n]:
-                only_own = sum(r["pred"] == r["answer"] != r["pred_other_video"] for r in paired[n])
-                only_other = sum(r["pred_other_video"] == r["answer"] != r["pred"] for r in paired[n])
+                only_own, only_other = discordant(paired[n])
                 control = f"{accuracy(paired[n], 'pred_other_video'):.3f}"
                 gain = f"{only_own} / {only_other} ({mcnemar_p(only_own, only_other):.2g})"
             lines.append(f"| {n} | {len(by[n])} | {accuracy(by[n]):.3f} | {control} | {gain} |")
