@@ -112,11 +112,11 @@ class Ma2mbaDataModule(ShardDataModule):
         path = Path(self.cfg.root) / "world.json"
         if not path.is_file():
             raise ValueError(f"data.dense_train_qa draws the synthetic world's questions, but {path} does not exist")
-        templates = tuple(json.loads(path.read_text()).get("config", {}).get("qa_templates", world.DEFAULT_QA_TEMPLATES))
-        unknown = [t for t in templates if t not in world.QA_TEMPLATES]
-        if unknown:
-            raise ValueError(f"{path}: config.qa_templates names unknown question types {unknown}")
-        return templates
+        templates = json.loads(path.read_text()).get("config", {}).get("qa_templates", world.DEFAULT_QA_TEMPLATES)
+        try:
+            return world.WorldConfig(qa_templates=templates).qa_templates  # the world's own check of the names
+        except ValueError as error:
+            raise ValueError(f"{path}: config.{error}") from error
 
     @property
     def vocab_size(self) -> int:
