@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call: the GPU test tier of kernels/ and the GPU SSD benchmark, results under $OUT.
+# One device call: the GPU test tier of kernels/ (and of the Mamba-2 LM on them), the GPU SSD benchmark
+# and a launch-config sweep of our kernels; results under $OUT.
 #
-#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (~5 min)
+#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (< 8 min)
 #
 # mamba_ssm is the benchmark's peer. If it is not installed, it is installed pure-Python
 # (its Triton kernels are all we compare against) from the sdist carried with the tree;
@@ -21,16 +22,27 @@ print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_d
 if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mamba_ssm') is None)"; then
     if [ -f "$MAMBA_SDIST" ]; then
         MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PYTHON" -m pip install --quiet \
-            --no-build-isolation --no-deps "$MAMBA_SDIST"
+            --no-build-isolation --no-deps "$MAMBA_SDIST" \
+            || echo "gpu_check.sh: installing $MAMBA_SDIST failed; mamba_ssm comparisons will be skipped" >&2
     else
         echo "gpu_check.sh: $MAMBA_SDIST not found; mamba_ssm comparisons will be skipped" >&2
     fi
 fi
 
-# The gpu tier: fp32/fp16/bf16 vs the naive recurrence, and vs mamba_chunk_scan_combined.
+export PYTHONUNBUFFERED=1
+# 1. The gpu tier: fp32/fp16/bf16 vs the naive recurrence, vs mamba_chunk_scan_combined, and the
+#    Mamba-2 LM training on the Triton scan as on the torch one.
 status=0
-timeout 240 "$PYTHON" -m pytest tests/kernels -m gpu -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
-    2>&1 | tee "$OUT/gpu_tests.txt" || status=$?
+# SIGINT at the limit: pytest still prints what failed so far and why.
+timeout -s INT 130 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/common/test_mamba2.py -m gpu -v \
+    --tb=short -rfEs -p no:cacheprovider -o addopts="" --import-mode=importlib 2>&1 | tee "$OUT/gpu_tests.txt" \
+    || status=$?
 
-timeout 300 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench.txt"
+# 2. Triton vs mamba_chunk_scan_combined, bf16, L 2K..64K.
+timeout 170 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench.txt" \
+    || status=$?
+
+# 3. Our kernels under other launch configs: what the next tuning step should try.
+timeout 110 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
+    || status=$?
 exit $status

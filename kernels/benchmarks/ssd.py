@@ -2,6 +2,7 @@
 
     python -m kernels.benchmarks.ssd --suite cpu            # torch vs naive vs mamba_ssm minimal vs transformers
     python -m kernels.benchmarks.ssd --suite gpu            # triton vs mamba_chunk_scan_combined, bf16
+    python -m kernels.benchmarks.ssd --suite launch         # our triton kernels under other launch configs
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
 Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); the
@@ -18,6 +19,7 @@ Bandwidth (GPU suite): the bytes an ideal kernel must move (inputs read once, ou
 written once, in their dtypes) divided by the time, next to a measured device copy.
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -29,6 +31,7 @@ import types
 from pathlib import Path
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
 
@@ -230,7 +233,8 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
                     base = torch.cuda.memory_allocated()
                 try:
                     seconds = timed(run, reps, sync)
-                except torch.cuda.OutOfMemoryError:
+                except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
+                    print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
                     point[impl] = None
                     continue
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
@@ -241,6 +245,60 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     header = ["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in GPU_IMPLS] + [
         "speedup triton vs mamba"]
     header[-1] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
+    return header, rows
+
+
+# Changes to default_launch tried by the launch sweep: chunk length, dot precision, state-walk tiles, warps.
+LAUNCH_VARIANTS = {
+    "default": {},
+    "Q 16": dict(Q=16),
+    "Q 64": dict(Q=64),
+    "Q 64, fp32 (ieee) dots": dict(Q=64, prec="ieee"),
+    "state tile 32 x 64": dict(BP_state=32),
+    "state tile 32 x 32": dict(BP_state=32, BN_state=32),
+    "chunk kernels 4 warps": dict(warps=4),
+}
+SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
+
+
+def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
+    """Our Triton scan under each LAUNCH_VARIANTS entry, fwd and fwd+bwd, against the default launch;
+    the outputs of every variant are checked against the default's (same math, other rounding).
+    A launch the device cannot run (shared memory, registers) is reported, not fatal."""
+    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+    device = "cpu" if tiny else "cuda"
+    dtype = torch.float32 if tiny else torch.bfloat16
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    shape = list(SSD_GPU_TINY.values())[0] if tiny else SSD_GPU[SWEEP_SHAPE]
+    inputs = make_inputs(shape, dtype, device)
+    base = default_launch(inputs["x"], shape.n, shape.chunk)
+    reference, seconds, rows = None, {}, []
+    for name, change in LAUNCH_VARIANTS.items():
+        launch = dataclasses.replace(base, **change)
+
+        def fn(x, dt, A, B, C, D, dt_bias, launch=launch):
+            return ssd_scan_triton(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True,
+                                   launch=launch)
+        with torch.no_grad():
+            y = fn(**inputs).float()
+        reference = y if reference is None else reference
+        err = (y - reference).abs().max().item() / reference.abs().max().item()
+        seconds[name] = {}
+        for mode in MODES:
+            try:
+                seconds[name][mode] = timed(runner(fn, inputs, mode), reps, sync)
+            except OutOfResources as error:
+                print(f"  {name} {mode}: {error}", file=sys.stderr)
+        print(f"  {shape.name} {launch}: {seconds[name]} rel. max diff {err:.1e}", file=sys.stderr)
+
+        def cell(mode, speedup=False):
+            t, t0 = seconds[name].get(mode), seconds["default"].get(mode)
+            if t is None:
+                return "out of resources"
+            return (f"{t0 / t:.2f}x" if t0 else "n/a") if speedup else f"{t * 1e3:.2f}"
+        rows.append([name] + [cell(m) for m in MODES] + [cell(m, speedup=True) for m in MODES] + [f"{err:.1e}"])
+    header = [f"launch ({shape.name}, default {base})"] + [f"{m} ms" for m in MODES] + [
+        f"{m} speedup vs default" for m in MODES] + ["y max diff vs default (relative)"]
     return header, rows
 
 
@@ -271,7 +329,7 @@ def markdown(header, rows) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("cpu", "gpu"))
+    parser.add_argument("--suite", choices=("cpu", "gpu", "launch"))
     parser.add_argument("--tiny", action="store_true", help="gpu suite on interpreter-sized shapes")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--naive-reps", type=int, default=1)
@@ -295,8 +353,10 @@ def main(argv=None):
         header, rows = cpu_suite(args.reps or 3, args.naive_reps, args.threads)
         hw = "cpu"
     else:
-        header, rows = gpu_suite(args.tiny, args.reps or (2 if args.tiny else 10))
+        suite = gpu_suite if args.suite == "gpu" else launch_sweep
+        header, rows = suite(args.tiny, args.reps or (2 if args.tiny else 10))
         hw = "interpreter-tiny" if args.tiny else torch.cuda.get_device_name().replace(" ", "-")
+        hw = hw if args.suite == "gpu" else f"launch_{hw}"
     table = markdown(header, rows)
     day = datetime.date.today().isoformat()
     env = "TRITON_INTERPRET=1 " if os.environ.get("TRITON_INTERPRET") == "1" else ""

@@ -22,6 +22,8 @@ the sequence at token 0: where initial_states belongs).
 Loads are cast to fp32 and every accumulation is fp32 (fp16/bf16 inputs are fine);
 states are kept fp32.
 """
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -67,9 +69,9 @@ def _load_tile(ptr, i_b, i_head, c, l, heads, width, Q: tl.constexpr, BW: tl.con
 
 
 @triton.jit
-def _state_offsets(i_bh, c, num_chunks, P, N, BP: tl.constexpr, BN: tl.constexpr, col0):
-    """Offsets and mask of a (BP, BN) tile of a (b*h, num_chunks, P, N) state buffer."""
-    rows = tl.arange(0, BP)
+def _state_offsets(i_bh, c, num_chunks, P, N, BP: tl.constexpr, BN: tl.constexpr, row0, col0):
+    """Offsets and mask of the (BP, BN) tile at (row0, col0) of a (b*h, num_chunks, P, N) state buffer."""
+    rows = row0 + tl.arange(0, BP)
     cols = col0 + tl.arange(0, BN)
     offs = ((i_bh * num_chunks + c) * P + rows[:, None]) * N + cols[None, :]
     return offs, (rows[:, None] < P) & (cols[None, :] < N)
@@ -80,23 +82,23 @@ def _fwd_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, seq_ptr, init_ptr, states_ptr
                       l, h, g, P, N, num_chunks,
                       Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                       HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, cdiv(N, BN)): walk the chunks in order; write the state entering each chunk."""
-    i_bh, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    """Grid (b*h, cdiv(N, BN), cdiv(P, BP)): walk the chunks in order; write the state entering each chunk."""
+    i_bh, i_n, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // h, i_bh % h
     i_g = i_h // (h // g)
     A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_n * BN)
+    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_p * BP, i_n * BN)
     if HAS_INIT:
         state = tl.load(init_ptr + offs0, mask=mask0, other=0.0).to(tl.float32)
     else:
         state = tl.zeros((BP, BN), tl.float32)
     for c in range(num_chunks):
-        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
+        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_p * BP, i_n * BN)
         tl.store(states_ptr + offs, state, mask=mask)
         dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
             dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
         to_end = tl.exp(cum_end - cum) * dt * at_end
-        x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
+        x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, i_p * BP)
         B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, i_n * BN)
         state = chunk_decay * state + tl.dot(tl.trans(x * to_end[:, None]), B, input_precision=PREC)
     tl.store(final_ptr + offs0, state, mask=mask0)
@@ -117,7 +119,7 @@ def _fwd_output_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, states_ptr, 
     x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
     B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
     C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0, 0)
     state = tl.load(states_ptr + offs, mask=mask, other=0.0)
 
     offs_q = tl.arange(0, Q)
@@ -142,27 +144,28 @@ def _bwd_state_kernel(dy_ptr, dt_ptr, A_ptr, C_ptr, seq_ptr, states_ptr, dfinal_
                       l, h, g, P, N, num_chunks,
                       Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                       HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, cdiv(N, BN)): walk the chunks in reverse carrying dL/dS.
+    """Grid (b*h, cdiv(N, BN), cdiv(P, BP)): walk the chunks in reverse carrying dL/dS.
 
     Writes dL/d(state leaving chunk c) for every c, this tile's share of dL/d(chunk decay)
     (summed over tiles on the host), and dL/d initial_states.
     """
-    i_bh, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_bh, i_n, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // h, i_bh % h
     i_g = i_h // (h // g)
     A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_n * BN)
+    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_p * BP, i_n * BN)
     dstate = tl.load(dfinal_ptr + offs0, mask=mask0, other=0.0).to(tl.float32)
-    num_tiles = tl.num_programs(1)
+    num_tiles = tl.num_programs(1) * tl.num_programs(2)
+    i_tile = i_p * tl.num_programs(1) + i_n
     for i in range(num_chunks):
         c = num_chunks - 1 - i
-        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
+        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_p * BP, i_n * BN)
         tl.store(dstates_ptr + offs, dstate, mask=mask)
         dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
             dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
         entering = tl.load(states_ptr + offs, mask=mask, other=0.0)
-        tl.store(ddecay_ptr + (i_bh * num_chunks + c) * num_tiles + i_n, tl.sum(tl.sum(dstate * entering, 1), 0))
-        dy = _load_tile(dy_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
+        tl.store(ddecay_ptr + (i_bh * num_chunks + c) * num_tiles + i_tile, tl.sum(tl.sum(dstate * entering, 1), 0))
+        dy = _load_tile(dy_ptr, i_b, i_h, c, l, h, P, Q, BP, i_p * BP)
         C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, i_n * BN)
         from_start = tl.exp(cum) * from_prev
         dstate = chunk_decay * dstate + tl.dot(tl.trans(dy * from_start[:, None]), C, input_precision=PREC)
@@ -187,7 +190,7 @@ def _bwd_chunk_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, states_ptr, d
     dy = _load_tile(dy_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
     B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
     C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0, 0)
     entering = tl.load(states_ptr + offs, mask=mask, other=0.0)
     dleaving = tl.load(dstates_ptr + offs, mask=mask, other=0.0)
 
@@ -245,60 +248,76 @@ def _bwd_chunk_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, states_ptr, d
     tl.store(dC_ptr + offs_n, dC, mask=mask_n)
 
 
-def _launch_config(x, n, chunk_size):
-    """Chunk length Q, tile widths (BP over p, BN over n, BN_state for the state walks), dot precision."""
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How the kernels cut the problem. Every Launch gives the same result up to rounding."""
+    Q: int            # tokens per chunk: a power of two, at least 16
+    BP: int           # p and n padded to powers of two (>= 16): the per-chunk kernels hold whole rows
+    BN: int
+    BP_state: int     # the sequential state walks split the (p, n) state into tiles of this size:
+    BN_state: int     # more programs in flight, smaller tiles in registers
+    warps: int        # per-chunk kernels
+    state_warps: int  # state walks
+    prec: str         # tl.dot input precision: "ieee" or "tf32"
+
+
+def default_launch(x, n, chunk_size) -> Launch:
     p = x.shape[-1]
-    # Largest power of two <= min(chunk_size, 64), at least 16 (tl.dot's smallest tile on a GPU).
-    Q = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
     BP, BN = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
-    # The sequential state walks split n into tiles: more programs in flight, smaller state tiles.
-    BN_state = min(BN, 64)
-    # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
-    prec = "ieee" if x.dtype == torch.float32 else "tf32"
-    return Q, BP, BN, BN_state, prec
+    tf32 = x.dtype != torch.float32
+    # With tf32 dots (16-bit inputs) the backward chunk kernel stages its operands in shared memory:
+    # at Q 64, p 64, n 128 it asked 262 KB on an H100, which has 227 KB. Q 32 halves the Q-sized tiles.
+    max_chunk = 32 if tf32 and BP * BN >= 64 * 128 else MAX_CHUNK
+    return Launch(
+        # Largest power of two <= min(chunk_size, max_chunk), at least 16 (tl.dot's smallest tile on a GPU).
+        Q=max(16, min(max_chunk, 1 << (chunk_size.bit_length() - 1))), BP=BP, BN=BN,
+        BP_state=BP, BN_state=min(BN, 64),
+        # More warps for the (Q, p) x (Q, n) tiles of real models, so they fit in registers.
+        warps=8 if BP * BN >= 64 * 128 else 4, state_warps=4,
+        # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
+        prec="tf32" if tf32 else "ieee")
 
 
-def _num_warps(BP, BN):
-    """More warps for the (Q, p) x (Q, n) tiles of real models, so they fit in registers."""
-    return 8 if BP * BN >= 64 * 128 else 4
+def _state_grid(b, h, p, n, launch):
+    return b * h, triton.cdiv(n, launch.BN_state), triton.cdiv(p, launch.BP_state)
 
 
-def _fwd(x, dt, A, B, C, initial_states, seq_idx, chunk_size):
+def _fwd(x, dt, A, B, C, initial_states, seq_idx, launch):
     """x (b, l, h, p), dt (b, l, h) fp32 processed, A (h,) fp32, B, C (b, l, g, n) ->
     y (b, l, h, p) in x.dtype, final (b, h, p, n) fp32, states (b, h, chunks, p, n) fp32 (entering each chunk)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    Q, BP, BN, BN_state, prec = _launch_config(x, n, chunk_size)
-    num_chunks = triton.cdiv(l, Q)
+    num_chunks = triton.cdiv(l, launch.Q)
     states = torch.empty(b, h, num_chunks, p, n, device=x.device, dtype=torch.float32)
     final = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
     y = torch.empty_like(x)
     seq = seq_idx if seq_idx is not None else dt  # any pointer; unused when HAS_SEQ is False
     init = initial_states if initial_states is not None else final
-    _fwd_state_kernel[(b * h, triton.cdiv(n, BN_state))](
+    _fwd_state_kernel[_state_grid(b, h, p, n, launch)](
         x, dt, A, B, seq, init, states, final, l, h, g, p, n, num_chunks,
-        Q=Q, BP=BP, BN=BN_state, HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None, PREC=prec)
+        Q=launch.Q, BP=launch.BP_state, BN=launch.BN_state, HAS_INIT=initial_states is not None,
+        HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.state_warps)
     _fwd_output_kernel[(b * h, num_chunks)](
         x, dt, A, B, C, seq, states, y, l, h, g, p, n, num_chunks,
-        Q=Q, BP=BP, BN=BN, HAS_SEQ=seq_idx is not None, PREC=prec, num_warps=_num_warps(BP, BN))
+        Q=launch.Q, BP=launch.BP, BN=launch.BN, HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.warps)
     return y, final, states
 
 
-def _bwd(x, dt, A, B, C, seq_idx, states, dy, dfinal, chunk_size):
+def _bwd(x, dt, A, B, C, seq_idx, states, dy, dfinal, launch):
     """Gradients of _fwd: (dx, ddt fp32, dA fp32, dB, dC, dinitial_states fp32)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    Q, BP, BN, BN_state, prec = _launch_config(x, n, chunk_size)
     num_chunks = states.shape[2]
-    n_tiles = triton.cdiv(n, BN_state)
+    grid = _state_grid(b, h, p, n, launch)
     seq = seq_idx if seq_idx is not None else dt
     f32 = dict(device=x.device, dtype=torch.float32)
     dstates = torch.empty(b, h, num_chunks, p, n, **f32)
-    ddecay = torch.empty(b * h, num_chunks, n_tiles, **f32)
+    ddecay = torch.empty(b * h, num_chunks, grid[1] * grid[2], **f32)
     dinit = torch.empty(b, h, p, n, **f32)
-    _bwd_state_kernel[(b * h, n_tiles)](
+    _bwd_state_kernel[grid](
         dy, dt, A, C, seq, states, dfinal, dstates, ddecay, dinit, l, h, g, p, n, num_chunks,
-        Q=Q, BP=BP, BN=BN_state, HAS_SEQ=seq_idx is not None, PREC=prec)
+        Q=launch.Q, BP=launch.BP_state, BN=launch.BN_state, HAS_SEQ=seq_idx is not None, PREC=launch.prec,
+        num_warps=launch.state_warps)
     ddecay = ddecay.sum(-1).contiguous()
     dx = torch.empty_like(x)
     ddt = torch.empty(b, l, h, **f32)
@@ -307,7 +326,7 @@ def _bwd(x, dt, A, B, C, seq_idx, states, dy, dfinal, chunk_size):
     dC = torch.empty(b, l, h, n, **f32)
     _bwd_chunk_kernel[(b * h, num_chunks)](
         x, dt, A, B, C, seq, states, dstates, ddecay, dy, dx, ddt, dA, dB, dC, l, h, g, p, n, num_chunks,
-        Q=Q, BP=BP, BN=BN, HAS_SEQ=seq_idx is not None, PREC=prec, num_warps=_num_warps(BP, BN))
+        Q=launch.Q, BP=launch.BP, BN=launch.BN, HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.warps)
     # Heads of one group read the same B and C: their gradients add up.
     dB = dB.view(b, l, g, h // g, n).sum(3).to(B.dtype)
     dC = dC.view(b, l, g, h // g, n).sum(3).to(C.dtype)
@@ -316,13 +335,13 @@ def _bwd(x, dt, A, B, C, seq_idx, states, dy, dfinal, chunk_size):
 
 
 class SSDChunkScan(torch.autograd.Function):
-    """(x, dt, A, B, C, initial_states) -> (scan output y, final_states); dt processed, fp32."""
+    """(x, dt, A, B, C, initial_states, seq_idx, launch) -> (scan output y, final_states); dt processed, fp32."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, initial_states, seq_idx, chunk_size):
-        y, final, states = _fwd(x, dt, A, B, C, initial_states, seq_idx, chunk_size)
+    def forward(ctx, x, dt, A, B, C, initial_states, seq_idx, launch):
+        y, final, states = _fwd(x, dt, A, B, C, initial_states, seq_idx, launch)
         ctx.save_for_backward(x, dt, A, B, C, seq_idx, states)
-        ctx.chunk_size = chunk_size
+        ctx.launch = launch
         ctx.init_dtype = None if initial_states is None else initial_states.dtype
         return y, final
 
@@ -332,14 +351,16 @@ class SSDChunkScan(torch.autograd.Function):
         if dfinal is None:
             dfinal = torch.zeros(states.shape[0], states.shape[1], *states.shape[3:], device=x.device)
         dx, ddt, dA, dB, dC, dinit = _bwd(x, dt, A, B, C, seq_idx, states, dy.contiguous(),
-                                          dfinal.float().contiguous(), ctx.chunk_size)
+                                          dfinal.float().contiguous(), ctx.launch)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
         return dx, ddt, dA.to(A.dtype), dB, dC, dinit, None, None
 
 
 def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
-                    seq_idx=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False):
+                    seq_idx=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
+                    launch=None):
     """Chunked SSD scan in Triton; signature and semantics of `kernels.ssd.ssd_scan`.
+    `launch` (a Launch) overrides `default_launch`: the benchmark's launch sweep uses it.
 
     x (b, l, h, p) fp32/fp16/bf16, dt (b, l, h), A (h,), B and C (b, l, g, n), D (h,) or (h, p),
     z (b, l, h, p), dt_bias (h,), initial_states (b, h, p, n), seq_idx (b, l) int.
@@ -352,7 +373,7 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
     init = None if initial_states is None else initial_states.contiguous()
     seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
     y, final = SSDChunkScan.apply(x.contiguous(), dt, A.float().contiguous(), B.contiguous(), C.contiguous(),
-                                  init, seq, chunk_size)
+                                  init, seq, launch or default_launch(x, B.shape[-1], chunk_size))
     # D and z in fp32: a bf16 epilogue would round the scan output twice.
     y = gate_output(y.float(), x.float(), D, z).to(x.dtype)
     return (y, final) if return_final_states else y
