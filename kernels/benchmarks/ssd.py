@@ -248,15 +248,15 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-# Changes to default_launch tried by the launch sweep: chunk length, dot precision, state-walk tiles, warps.
+# Changes to default_launch tried by the launch sweep: chunk and tile lengths, warps, state tiles.
 LAUNCH_VARIANTS = {
     "default": {},
     "Q 16": dict(Q=16),
     "Q 64": dict(Q=64),
-    "Q 64, fp32 (ieee) dots": dict(Q=64, prec="ieee"),
-    "state tile 32 x 64": dict(BP_state=32),
-    "state tile 32 x 32": dict(BP_state=32, BN_state=32),
-    "chunk kernels 4 warps": dict(warps=4),
+    "T 64": dict(T=64),
+    "T 128": dict(T=128),
+    "8 warps": dict(warps=8),
+    "_chunk_state over whole n": dict(BN_state=128),
 }
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 
@@ -269,7 +269,7 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     device = "cpu" if tiny else "cuda"
     dtype = torch.float32 if tiny else torch.bfloat16
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    shape = list(SSD_GPU_TINY.values())[0] if tiny else SSD_GPU[SWEEP_SHAPE]
+    shape = SSDShape(b=1, l=80, h=2, p=16, n=16, chunk=64) if tiny else SSD_GPU[SWEEP_SHAPE]
     inputs = make_inputs(shape, dtype, device)
     base = default_launch(inputs["x"], shape.n, shape.chunk)
     reference, seconds, rows = None, {}, []

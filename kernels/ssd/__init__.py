@@ -79,8 +79,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
     Returns y (b, l, h, p) in x.dtype [, final_states (b, h, p, n) fp32 (fp64 for fp64 x)].
     Differentiable in x, dt, A, B, C, D, z, dt_bias and initial_states; a gradient on
     final_states flows back. `chunk_size` changes speed and memory, never the result
-    beyond rounding (both chunked backends cap it at 64 tokens: triton so that a chunk's
-    (Q, Q) tile fits in registers, torch because 64 is its fastest chunk on a CPU).
+    beyond rounding (torch caps it at 64 tokens, its fastest on a CPU; triton keeps one state
+    per chunk, rounding chunk_size down to a power of two in 16..256, and works in tiles of at
+    most 64 tokens).
     """
     _check_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_limit, backend)
     if backend == "auto":

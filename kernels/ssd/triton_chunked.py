@@ -1,359 +1,379 @@
-"""Chunked SSD in Triton: fused forward and backward kernels under one autograd.Function.
+"""Chunked SSD in Triton: five kernels under one autograd.Function, in mamba_ssm's chunk layout.
 
-Per (batch, head) the sequence is cut into chunks of Q tokens (Q = chunk_size capped at
-64, so a (Q, Q) tile stays in registers; the result does not depend on Q beyond rounding).
-With dt already processed, cum_t = sum_{s <= t in chunk} A dt_s, and S_c the state
-entering chunk c:
+Per (batch, head) the sequence is cut into chunks of T tokens (T = chunk_size rounded down to a
+power of two, 16..256), and a chunk is worked on in tiles of Q tokens (Q <= 64, so that a (Q, Q)
+tile stays in registers). With dt already processed and cum_t = sum_{s <= t in its chunk} A dt_s:
 
-    y_t  = sum_{s <= t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s  +  exp(cum_t) C_t . S_c
-    S_c+1 = exp(cum_end) S_c + sum_s exp(cum_end - cum_s) dt_s x_s B_s^T
+    y_t     = win_t C_t . S_c  +  sum_{s <= t in the chunk} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s
+    S_c+1   = decay_c S_c    +  sum_{s in the chunk} wout_s x_s B_s^T
 
-Forward: `_fwd_state_kernel` walks the chunks of one (batch, head) in order and writes
-every S_c (the only sequential part); `_fwd_output_kernel` then computes each chunk's
-outputs in parallel. Backward mirrors it: `_bwd_state_kernel` walks the chunks in reverse
-and writes dL/dS at every chunk end (and dL/d initial_states), then `_bwd_chunk_kernel`
-computes every other gradient chunk by chunk in parallel. dt's own gradient (through
-dt_bias, softplus, clamp) and the D / z epilogue are plain torch around the Function.
+S_c is the (p, n) state entering chunk c; win_t = exp(cum_t) weighs it at token t, wout_s =
+exp(cum_end - cum_s) dt_s carries token s to the chunk's end, decay_c = exp(cum_end). seq_idx
+zeroes win, wout and decay across sequence boundaries and masks the in-chunk sum (the state entering
+a chunk belongs to the sequence alive at the previous chunk's last token; for chunk 0, to the
+sequence at token 0, where initial_states belongs).
 
-seq_idx: masks keep sources and targets of different sequences apart; the state entering
-a chunk belongs to the sequence alive at the previous chunk's last token (for chunk 0,
-the sequence at token 0: where initial_states belongs).
+These per-token weights are plain torch with autograd, outside the Function (`_token_weights`):
+the kernels do only the blocked work, return gradients for win, wout, decay, cum and dt, and autograd
+carries those on to dt, A and dt_bias. C_t . B_s is the same for every head of a group (for all
+heads when g = 1), so it is computed once per group and chunk (`_chunk_cb`, a torch matmul) and the
+kernels read its tiles instead of recomputing it per head.
 
-Loads are cast to fp32 and every accumulation is fp32 (fp16/bf16 inputs are fine);
-states are kept fp32.
+    forward:  _chunk_state      each chunk's own contribution to the state     (parallel over chunks)
+              _state_scan       S_c for every chunk: the only sequential part   (elementwise)
+              _chunk_output     y, one Q-row tile at a time                     (parallel over tiles)
+    backward: _chunk_state      dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
+              _state_scan       in reverse: dL/d(state leaving chunk c)
+              _chunk_grad_rows  dC, dL/dwin and cum's row terms, per Q-row tile
+              _chunk_grad_cols  dx, dB, dL/dwout, dL/ddt and cum's column terms, per Q-column tile
+
+States are kept once per chunk, in fp32; loads are cast to fp32 and every accumulation is fp32.
+The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
+and reading them (kernels/README.md).
 """
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels.ssd.naive import gate_output, process_dt
 
-MAX_CHUNK = 64
+MAX_CHUNK = 256  # T: longer chunks keep fewer states but do more quadratic in-chunk work
+MAX_TILE = 64    # Q
 
 
 @triton.jit
-def _chunk_decay(dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
-    """For chunk c of (batch i_b, head i_h): dt (Q,), cum (Q,), cum_end, the chunk's whole decay,
-    and the two per-token gates: continues-the-entering-state (Q,) and alive-at-chunk-end (Q,)."""
-    offs_q = tl.arange(0, Q)
-    t = c * Q + offs_q
-    dt = tl.load(dt_ptr + (i_b * l + t) * h + i_h, mask=t < l, other=0.0).to(tl.float32)
-    a = dt * A_h
-    cum = tl.cumsum(a, 0)
-    cum_end = tl.sum(a, 0)
-    chunk_decay = tl.exp(cum_end)
-    from_prev = tl.full((Q,), 1.0, tl.float32)
-    at_end = tl.full((Q,), 1.0, tl.float32)
-    seg = tl.zeros((Q,), tl.int32)
-    if HAS_SEQ:
-        # Clamped indices: padding positions behave like the last real token.
-        seg = tl.load(seq_ptr + i_b * l + tl.minimum(t, l - 1))
-        seg_end = tl.load(seq_ptr + i_b * l + tl.minimum(c * Q + Q - 1, l - 1))
-        seg_prev = tl.load(seq_ptr + i_b * l + tl.maximum(c * Q - 1, 0))
-        from_prev = tl.where(seg == seg_prev, from_prev, 0.0)
-        at_end = tl.where(seg == seg_end, at_end, 0.0)
-        chunk_decay = tl.where(seg_end == seg_prev, chunk_decay, 0.0)
-    return dt, cum, cum_end, chunk_decay, from_prev, at_end, seg
-
-
-@triton.jit
-def _load_tile(ptr, i_b, i_head, c, l, heads, width, Q: tl.constexpr, BW: tl.constexpr, col0):
-    """Rows c*Q.. of a (b, l, heads, width) tensor at one head, columns col0..col0+BW: (Q, BW) fp32."""
-    t = c * Q + tl.arange(0, Q)
+def _load_rows(ptr, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr, col0):
+    """Rows t0..t0+Q of a (b, l, heads, width) tensor at one head, columns col0..col0+BW: (Q, BW) fp32."""
+    t = t0 + tl.arange(0, Q)
     cols = col0 + tl.arange(0, BW)
     offs = ((i_b * l + t[:, None]) * heads + i_head) * width + cols[None, :]
-    mask = (t[:, None] < l) & (cols[None, :] < width)
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptr + offs, mask=(t[:, None] < l) & (cols[None, :] < width), other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _state_offsets(i_bh, c, num_chunks, P, N, BP: tl.constexpr, BN: tl.constexpr, row0, col0):
-    """Offsets and mask of the (BP, BN) tile at (row0, col0) of a (b*h, num_chunks, P, N) state buffer."""
-    rows = row0 + tl.arange(0, BP)
+def _store_rows(ptr, value, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr):
+    t = t0 + tl.arange(0, Q)
+    cols = tl.arange(0, BW)
+    offs = ((i_b * l + t[:, None]) * heads + i_head) * width + cols[None, :]
+    tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=(t[:, None] < l) & (cols[None, :] < width))
+
+
+@triton.jit
+def _state_tile(i_bh, c, num_chunks, P, N, BP: tl.constexpr, BN: tl.constexpr, col0):
+    """Offsets and mask of the (BP, BN) tile at column col0 of chunk c in a (b*h, num_chunks, P, N) buffer."""
+    rows = tl.arange(0, BP)
     cols = col0 + tl.arange(0, BN)
-    offs = ((i_bh * num_chunks + c) * P + rows[:, None]) * N + cols[None, :]
-    return offs, (rows[:, None] < P) & (cols[None, :] < N)
+    return ((i_bh * num_chunks + c) * P + rows[:, None]) * N + cols[None, :], (rows[:, None] < P) & (cols[None, :] < N)
 
 
 @triton.jit
-def _fwd_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, seq_ptr, init_ptr, states_ptr, final_ptr,
-                      l, h, g, P, N, num_chunks,
-                      Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                      HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, cdiv(N, BN), cdiv(P, BP)): walk the chunks in order; write the state entering each chunk."""
-    i_bh, i_n, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+def _cb_tile(cb_ptr, i_bg, c, m, k, num_chunks, T: tl.constexpr, Q: tl.constexpr):
+    """The (Q, Q) tile of C_t . B_s for rows m*Q.., columns k*Q.. of chunk c (b*g, chunks, T, T): fp32."""
+    rows = m * Q + tl.arange(0, Q)
+    cols = k * Q + tl.arange(0, Q)
+    return tl.load(cb_ptr + ((i_bg * num_chunks + c) * T + rows[:, None]) * T + cols[None, :])
+
+
+@triton.jit
+def _in_chunk_decay(cum_t, cum_s, t, s, seq_ptr, seq_row, HAS_SEQ: tl.constexpr):
+    """(len t, len s) tile of exp(cum_t - cum_s) where s <= t in the same sequence, else 0."""
+    keep = t[:, None] >= s[None, :]
+    if HAS_SEQ:
+        keep = keep & (tl.load(seq_ptr + seq_row + t)[:, None] == tl.load(seq_ptr + seq_row + s)[None, :])
+    # -inf before exp: where s > t the exponent is positive and could overflow.
+    return tl.exp(tl.where(keep, cum_t[:, None] - cum_s[None, :], float("-inf")))
+
+
+@triton.jit
+def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
+                 T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (b*h, chunks, cdiv(N, BN)): out[c] = sum_{t in chunk c} wt_t u_t v_t^T, u (b, l, h, P) by head,
+    v (b, l, g, N) by group, wt (b*h, Lp). Forward: (x, B, wout); backward: (dy, C, win)."""
+    i_bh, c, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // h, i_bh % h
     i_g = i_h // (h // g)
-    A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_p * BP, i_n * BN)
+    acc = tl.zeros((BP, BN), tl.float32)
+    for k in range(T // Q):
+        t0 = c * T + k * Q
+        u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
+        v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
+        wt = tl.load(wt_ptr + i_bh * Lp + t0 + tl.arange(0, Q))
+        acc += tl.dot(tl.trans(u * wt[:, None]), v, input_precision=PREC)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
+    tl.store(out_ptr + offs, acc, mask=mask)
+
+
+@triton.jit
+def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, num_chunks, PN,
+                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+    """Grid (b*h, cdiv(PN, BLOCK)): carry = init; for each chunk c (last to first if REVERSE):
+    out[c] = carry, carry = decay[c] * carry + own[c]; final = carry. out may be own (read first).
+    Forward: own = each chunk's contribution, out = the state entering each chunk. Backward: own =
+    dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < PN
     if HAS_INIT:
-        state = tl.load(init_ptr + offs0, mask=mask0, other=0.0).to(tl.float32)
+        carry = tl.load(init_ptr + i_bh * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        state = tl.zeros((BP, BN), tl.float32)
-    for c in range(num_chunks):
-        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_p * BP, i_n * BN)
-        tl.store(states_ptr + offs, state, mask=mask)
-        dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
-            dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
-        to_end = tl.exp(cum_end - cum) * dt * at_end
-        x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, i_p * BP)
-        B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, i_n * BN)
-        state = chunk_decay * state + tl.dot(tl.trans(x * to_end[:, None]), B, input_precision=PREC)
-    tl.store(final_ptr + offs0, state, mask=mask0)
-
-
-@triton.jit
-def _fwd_output_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, states_ptr, y_ptr,
-                       l, h, g, P, N, num_chunks,
-                       Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                       HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, num_chunks): one chunk's outputs, the intra-chunk part plus the entering state's."""
-    i_bh, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
-    A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
-        dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
-    x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
-    B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0, 0)
-    state = tl.load(states_ptr + offs, mask=mask, other=0.0)
-
-    offs_q = tl.arange(0, Q)
-    keep = offs_q[:, None] >= offs_q[None, :]
-    if HAS_SEQ:
-        keep = keep & (seg[:, None] == seg[None, :])
-    # -inf before exp: the upper triangle's exponents are positive and could overflow.
-    decay = tl.exp(tl.where(keep, cum[:, None] - cum[None, :], float("-inf")))
-    M = tl.dot(C, tl.trans(B), input_precision=PREC) * decay * dt[None, :]
-    y = tl.dot(M, x, input_precision=PREC)
-    y += tl.dot(C, tl.trans(state), input_precision=PREC) * (tl.exp(cum) * from_prev)[:, None]
-
-    t = c * Q + offs_q
-    cols = tl.arange(0, BP)
-    tl.store(y_ptr + ((i_b * l + t[:, None]) * h + i_h) * P + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=(t[:, None] < l) & (cols[None, :] < P))
-
-
-@triton.jit
-def _bwd_state_kernel(dy_ptr, dt_ptr, A_ptr, C_ptr, seq_ptr, states_ptr, dfinal_ptr,
-                      dstates_ptr, ddecay_ptr, dinit_ptr,
-                      l, h, g, P, N, num_chunks,
-                      Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, cdiv(N, BN), cdiv(P, BP)): walk the chunks in reverse carrying dL/dS.
-
-    Writes dL/d(state leaving chunk c) for every c, this tile's share of dL/d(chunk decay)
-    (summed over tiles on the host), and dL/d initial_states.
-    """
-    i_bh, i_n, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
-    A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    offs0, mask0 = _state_offsets(i_bh, 0, 1, P, N, BP, BN, i_p * BP, i_n * BN)
-    dstate = tl.load(dfinal_ptr + offs0, mask=mask0, other=0.0).to(tl.float32)
-    num_tiles = tl.num_programs(1) * tl.num_programs(2)
-    i_tile = i_p * tl.num_programs(1) + i_n
+        carry = tl.zeros((BLOCK,), tl.float32)
     for i in range(num_chunks):
-        c = num_chunks - 1 - i
-        offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, i_p * BP, i_n * BN)
-        tl.store(dstates_ptr + offs, dstate, mask=mask)
-        dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
-            dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
-        entering = tl.load(states_ptr + offs, mask=mask, other=0.0)
-        tl.store(ddecay_ptr + (i_bh * num_chunks + c) * num_tiles + i_tile, tl.sum(tl.sum(dstate * entering, 1), 0))
-        dy = _load_tile(dy_ptr, i_b, i_h, c, l, h, P, Q, BP, i_p * BP)
-        C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, i_n * BN)
-        from_start = tl.exp(cum) * from_prev
-        dstate = chunk_decay * dstate + tl.dot(tl.trans(dy * from_start[:, None]), C, input_precision=PREC)
-    tl.store(dinit_ptr + offs0, dstate, mask=mask0)
+        if REVERSE:
+            c = num_chunks - 1 - i
+        else:
+            c = i
+        here = (i_bh * num_chunks + c) * PN + offs
+        own = tl.load(own_ptr + here, mask=mask, other=0.0)
+        tl.store(out_ptr + here, carry, mask=mask)
+        carry = tl.load(decay_ptr + i_bh * num_chunks + c) * carry + own
+    tl.store(final_ptr + i_bh * PN + offs, carry, mask=mask)
 
 
 @triton.jit
-def _bwd_chunk_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, seq_ptr, states_ptr, dstates_ptr, ddecay_ptr, dy_ptr,
-                      dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr,
-                      l, h, g, P, N, num_chunks,
-                      Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, num_chunks): all gradients of one chunk but dL/dS. dB, dC are per head (b, l, h, n);
-    the host sums the heads of a group. dA is per (b*h, chunk), summed on the host."""
-    i_bh, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, y_ptr,
+                  l, Lp, h, g, P, N, num_chunks,
+                  T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (b*h, chunks, T // Q): rows m*Q.. of chunk c of y (the scan part, before D and z)."""
+    i_bh, c, m = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // h, i_bh % h
     i_g = i_h // (h // g)
-    A_h = tl.load(A_ptr + i_h).to(tl.float32)
-    dt, cum, cum_end, chunk_decay, from_prev, at_end, seg = _chunk_decay(
-        dt_ptr, seq_ptr, A_h, i_b, i_h, c, l, h, Q, HAS_SEQ)
-    x = _load_tile(x_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
-    dy = _load_tile(dy_ptr, i_b, i_h, c, l, h, P, Q, BP, 0)
-    B = _load_tile(B_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    C = _load_tile(C_ptr, i_b, i_g, c, l, g, N, Q, BN, 0)
-    offs, mask = _state_offsets(i_bh, c, num_chunks, P, N, BP, BN, 0, 0)
-    entering = tl.load(states_ptr + offs, mask=mask, other=0.0)
-    dleaving = tl.load(dstates_ptr + offs, mask=mask, other=0.0)
+    tok, seq_row = i_bh * Lp, i_b * Lp
+    t_m = c * T + m * Q + tl.arange(0, Q)
+    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+    cum_m = tl.load(cum_ptr + tok + t_m)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    S = tl.load(states_ptr + offs, mask=mask, other=0.0)
+    y = tl.dot(C_m, tl.trans(S), input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
+    for k in range(0, m + 1):
+        t_k = c * T + k * Q + tl.arange(0, Q)
+        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+        M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+        y += tl.dot(M, x_k, input_precision=PREC)
+    _store_rows(y_ptr, y, i_b, i_h, c * T + m * Q, l, h, P, Q, BP)
 
-    # Intra-chunk: y = M x with M = (C B^T) * decay * dt_s, lower triangular.
-    offs_q = tl.arange(0, Q)
-    keep = offs_q[:, None] >= offs_q[None, :]
-    if HAS_SEQ:
-        keep = keep & (seg[:, None] == seg[None, :])
-    decay = tl.exp(tl.where(keep, cum[:, None] - cum[None, :], float("-inf")))
-    CB_decay = tl.dot(C, tl.trans(B), input_precision=PREC) * decay
-    M = CB_decay * dt[None, :]
-    dM = tl.dot(dy, tl.trans(x), input_precision=PREC)
-    dx = tl.dot(tl.trans(M), dy, input_precision=PREC)
-    dCB = dM * decay * dt[None, :]
-    dC = tl.dot(dCB, B, input_precision=PREC)
-    dB = tl.dot(tl.trans(dCB), C, input_precision=PREC)
-    ddt = tl.sum(dM * CB_decay, 0)
-    # decay_ts = exp(cum_t - cum_s): its log moves cum_t up and cum_s down.
-    dM_M = dM * M
-    dcum = tl.sum(dM_M, 1) - tl.sum(dM_M, 0)
 
-    # The entering state's share: y_t += exp(cum_t) C_t . S.
-    from_start = tl.exp(cum) * from_prev
-    dC += tl.dot(dy, entering, input_precision=PREC) * from_start[:, None]
-    dcum += tl.sum(dy * tl.dot(C, tl.trans(entering), input_precision=PREC), 1) * from_start
+@triton.jit
+def _chunk_grad_rows(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr,
+                     dC_ptr, dcum_ptr, dwin_ptr,
+                     l, Lp, h, g, P, N, num_chunks,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (b*h, chunks, T // Q), rows t of tile m: what sums over s <= t. dC_t (per head; the host sums a
+    group's heads), dL/dwin_t, and cum_t's share of d exp(cum_t - cum_s)."""
+    i_bh, c, m = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // h, i_bh % h
+    i_g = i_h // (h // g)
+    tok, seq_row = i_bh * Lp, i_b * Lp
+    t_m = c * T + m * Q + tl.arange(0, Q)
+    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+    dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+    cum_m = tl.load(cum_ptr + tok + t_m)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    S = tl.load(states_ptr + offs, mask=mask, other=0.0)
+    # The entering state's term win_t C_t . S.
+    tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * tl.dot(C_m, tl.trans(S), input_precision=PREC), 1))
+    dC = tl.dot(dy_m, S, input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
+    # The in-chunk term: M_ts = (C_t . B_s) decay_ts dt_s, y_t = sum_s M_ts x_s.
+    dcum = tl.zeros((Q,), tl.float32)
+    for k in range(0, m + 1):
+        t_k = c * T + k * Q + tl.arange(0, Q)
+        B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
+        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+        dM = tl.dot(dy_m, tl.trans(x_k), input_precision=PREC)
+        dCB = dM * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+        dcum += tl.sum(dCB * _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q), 1)
+        dC += tl.dot(dCB, B_k, input_precision=PREC)
+    tl.store(dcum_ptr + tok + t_m, dcum)
+    _store_rows(dC_ptr, dC, i_b, i_h, c * T + m * Q, l, h, N, Q, BN)
 
-    # The chunk's own input to the leaving state: S' += sum_s w_s x_s B_s^T, w_s = exp(cum_end - cum_s) dt_s.
-    to_end = tl.exp(cum_end - cum) * at_end
-    w = to_end * dt
-    B_dS = tl.dot(B, tl.trans(dleaving), input_precision=PREC)            # (Q, BP)
-    dx += B_dS * w[:, None]
-    dB += tl.dot(x, dleaving, input_precision=PREC) * w[:, None]
-    dw = tl.sum(x * B_dS, 1)
-    ddt += dw * to_end
-    dcum -= dw * w
-    # cum_end feeds w (above) and the chunk decay exp(cum_end) (its gradient came from _bwd_state_kernel).
-    dcum_end = tl.sum(dw * w, 0) + tl.load(ddecay_ptr + i_bh * num_chunks + c) * chunk_decay
-    dcum += tl.where(offs_q == Q - 1, dcum_end, 0.0)
 
-    # cum = cumsum(A dt): a reverse cumulative sum turns dL/dcum into dL/d(A dt).
-    da = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
-    ddt += da * A_h
-    tl.store(dA_ptr + i_bh * num_chunks + c, tl.sum(da * dt, 0))
-
-    t = c * Q + offs_q
-    row_ok = t < l
-    cols_p = tl.arange(0, BP)
-    cols_n = tl.arange(0, BN)
-    tl.store(dx_ptr + ((i_b * l + t[:, None]) * h + i_h) * P + cols_p[None, :], dx.to(dx_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (cols_p[None, :] < P))
-    tl.store(ddt_ptr + (i_b * l + t) * h + i_h, ddt, mask=row_ok)
-    offs_n = ((i_b * l + t[:, None]) * h + i_h) * N + cols_n[None, :]
-    mask_n = row_ok[:, None] & (cols_n[None, :] < N)
-    tl.store(dB_ptr + offs_n, dB, mask=mask_n)
-    tl.store(dC_ptr + offs_n, dC, mask=mask_n)
+@triton.jit
+def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr,
+                     dx_ptr, dB_ptr, ddt_ptr, dwout_ptr,
+                     l, Lp, h, g, P, N, num_chunks,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (b*h, chunks, T // Q), columns s of tile k: what sums over t >= s. dx_s, dB_s (per head),
+    dL/dwout_s, and dL/ddt_s through M (cum_s's share of d exp(cum_t - cum_s) is -dt_s times it)."""
+    i_bh, c, k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // h, i_bh % h
+    i_g = i_h // (h // g)
+    tok, seq_row = i_bh * Lp, i_b * Lp
+    t_k = c * T + k * Q + tl.arange(0, Q)
+    x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+    B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
+    cum_k = tl.load(cum_ptr + tok + t_k)
+    dt_k = tl.load(dt_ptr + tok + t_k)
+    wout_k = tl.load(wout_ptr + tok + t_k)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    G = tl.load(dleaving_ptr + offs, mask=mask, other=0.0)  # dL/d(state leaving chunk c)
+    # The leaving state's term wout_s x_s B_s^T.
+    GB = tl.dot(B_k, tl.trans(G), input_precision=PREC)    # (Q, BP): G B_s per row
+    tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
+    dx = GB * wout_k[:, None]
+    dB = tl.dot(x_k, G, input_precision=PREC) * wout_k[:, None]
+    # The in-chunk term, transposed: rows s, columns t.
+    ddt = tl.zeros((Q,), tl.float32)
+    for m in range(k, T // Q):
+        t_m = c * T + m * Q + tl.arange(0, Q)
+        C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ))
+        CB_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q))
+        dM_T = tl.dot(x_k, tl.trans(dy_m), input_precision=PREC)
+        ddt += tl.sum(dM_T * CB_T * decay_T, 1)
+        dx += tl.dot(CB_T * decay_T * dt_k[:, None], dy_m, input_precision=PREC)
+        dB += tl.dot(dM_T * decay_T * dt_k[:, None], C_m, input_precision=PREC)
+    tl.store(ddt_ptr + tok + t_k, ddt)
+    _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
+    _store_rows(dB_ptr, dB, i_b, i_h, c * T + k * Q, l, h, N, Q, BN)
 
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
     """How the kernels cut the problem. Every Launch gives the same result up to rounding."""
-    Q: int            # tokens per chunk: a power of two, at least 16
-    BP: int           # p and n padded to powers of two (>= 16): the per-chunk kernels hold whole rows
+    T: int            # tokens per chunk (one state kept per chunk): a power of two, 16..MAX_CHUNK
+    Q: int            # tokens per tile: a power of two, 16..min(T, MAX_TILE)
+    BP: int           # p and n padded to powers of two (>= 16): tiles hold whole rows
     BN: int
-    BP_state: int     # the sequential state walks split the (p, n) state into tiles of this size:
-    BN_state: int     # more programs in flight, smaller tiles in registers
-    warps: int        # per-chunk kernels
-    state_warps: int  # state walks
+    BN_state: int     # _chunk_state splits n into tiles of this width
+    scan_block: int   # _state_scan's elements per program
+    warps: int        # the tile kernels
     prec: str         # tl.dot input precision: "ieee" or "tf32"
+
+    def __post_init__(self):
+        if self.Q > self.T or self.T % self.Q or self.Q < 16:
+            raise ValueError(f"kernels.ssd triton Launch: Q = {self.Q}, T = {self.T}; expected 16 <= Q <= T, "
+                             "both powers of two")
 
 
 def default_launch(x, n, chunk_size) -> Launch:
     p = x.shape[-1]
     BP, BN = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+    T = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
     tf32 = x.dtype != torch.float32
-    # With tf32 dots (16-bit inputs) the backward chunk kernel stages its operands in shared memory:
-    # at Q 64, p 64, n 128 it asked 262 KB on an H100, which has 227 KB. Q 32 halves the Q-sized tiles.
-    max_chunk = 32 if tf32 and BP * BN >= 64 * 128 else MAX_CHUNK
-    return Launch(
-        # Largest power of two <= min(chunk_size, max_chunk), at least 16 (tl.dot's smallest tile on a GPU).
-        Q=max(16, min(max_chunk, 1 << (chunk_size.bit_length() - 1))), BP=BP, BN=BN,
-        BP_state=BP, BN_state=min(BN, 64),
-        # More warps for the (Q, p) x (Q, n) tiles of real models, so they fit in registers.
-        warps=8 if BP * BN >= 64 * 128 else 4, state_warps=4,
-        # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
-        prec="tf32" if tf32 else "ieee")
+    # With tf32 dots (16-bit inputs) Triton stages operands in shared memory; the first version's
+    # backward asked 262 KB at Q 64, p 64, n 128 (an H100 has 227 KB). Q 32 is safe; Q 64 is to measure.
+    tile = 32 if tf32 and BP * BN >= 64 * 128 else MAX_TILE
+    return Launch(T=T, Q=min(T, tile), BP=BP, BN=BN, BN_state=min(BN, 64), scan_block=1024,
+                  # 4 warps ran the first version's tile kernels 3.7x faster than 8 (H100, bf16).
+                  warps=4,
+                  # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
+                  prec="tf32" if tf32 else "ieee")
 
 
-def _state_grid(b, h, p, n, launch):
-    return b * h, triton.cdiv(n, launch.BN_state), triton.cdiv(p, launch.BP_state)
+def _token_weights(dt, A, seq_idx, T):
+    """dt (b, l, h) fp32 processed, A (h,) fp32 -> per-token (b, h, Lp) fp32, padded with dt = 0 to whole
+    chunks: dt, cum (A dt summed within the chunk), win (the entering state's weight), wout (the
+    weight towards the chunk's end); decay (b, h, chunks); seq (b, Lp) int32 or None. Differentiable (autograd)."""
+    b, l, h = dt.shape
+    num_chunks = max(1, triton.cdiv(l, T))
+    Lp = num_chunks * T
+    dt = F.pad(dt.transpose(1, 2), (0, Lp - l)).reshape(b, h, num_chunks, T)
+    cum = (dt * A[:, None, None]).cumsum(-1)
+    cum_end = cum[..., -1:]
+    win, wout, decay = cum.exp(), (cum_end - cum).exp() * dt, cum_end.squeeze(-1).exp()
+    seq = None
+    if seq_idx is not None:
+        last = seq_idx[:, -1:] if l else seq_idx.new_zeros(b, 1)
+        seq = torch.cat([seq_idx, last.expand(b, Lp - l)], 1).to(torch.int32).contiguous()
+        chunks = seq.view(b, 1, num_chunks, T)
+        before = torch.cat([chunks[:, :, :1, :1], chunks[:, :, :-1, -1:]], 2)  # alive before each chunk
+        end = chunks[..., -1:]
+        win, wout = win * (chunks == before), wout * (chunks == end)
+        decay = decay * (end == before).squeeze(-1)
+    flat = [t.reshape(b, h, Lp).contiguous() for t in (dt, cum, win, wout)]
+    return (*flat, decay.contiguous(), seq)
 
 
-def _fwd(x, dt, A, B, C, initial_states, seq_idx, launch):
-    """x (b, l, h, p), dt (b, l, h) fp32 processed, A (h,) fp32, B, C (b, l, g, n) ->
-    y (b, l, h, p) in x.dtype, final (b, h, p, n) fp32, states (b, h, chunks, p, n) fp32 (entering each chunk)."""
+def _chunk_cb(B, C, T, Lp):
+    """C_t . B_s for every pair of tokens of a chunk, per group: (b, g, chunks, T, T) fp32. Computed once
+    for all the heads of a group (with one group, once for all heads), not per head in the kernels."""
+    b, l, g, n = B.shape
+    B, C = (F.pad(t.float(), (0, 0, 0, 0, 0, Lp - l)).view(b, Lp // T, T, g, n).permute(0, 3, 1, 2, 4)
+            for t in (B, C))
+    return torch.matmul(C, B.transpose(-1, -2)).contiguous()
+
+
+def _sizes(x, B, decay, launch):
+    """The size arguments every kernel takes, and the tile constants of the per-chunk kernels."""
     b, l, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    num_chunks = triton.cdiv(l, launch.Q)
-    states = torch.empty(b, h, num_chunks, p, n, device=x.device, dtype=torch.float32)
-    final = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
-    y = torch.empty_like(x)
-    seq = seq_idx if seq_idx is not None else dt  # any pointer; unused when HAS_SEQ is False
-    init = initial_states if initial_states is not None else final
-    _fwd_state_kernel[_state_grid(b, h, p, n, launch)](
-        x, dt, A, B, seq, init, states, final, l, h, g, p, n, num_chunks,
-        Q=launch.Q, BP=launch.BP_state, BN=launch.BN_state, HAS_INIT=initial_states is not None,
-        HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.state_warps)
-    _fwd_output_kernel[(b * h, num_chunks)](
-        x, dt, A, B, C, seq, states, y, l, h, g, p, n, num_chunks,
-        Q=launch.Q, BP=launch.BP, BN=launch.BN, HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.warps)
-    return y, final, states
+    num_chunks = decay.shape[-1]
+    sizes = (l, num_chunks * launch.T, h, B.shape[2], p, B.shape[3], num_chunks)
+    return sizes, dict(T=launch.T, Q=launch.Q, BP=launch.BP, PREC=launch.prec, num_warps=launch.warps)
 
 
-def _bwd(x, dt, A, B, C, seq_idx, states, dy, dfinal, launch):
-    """Gradients of _fwd: (dx, ddt fp32, dA fp32, dB, dC, dinitial_states fp32)."""
-    b, l, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    num_chunks = states.shape[2]
-    grid = _state_grid(b, h, p, n, launch)
-    seq = seq_idx if seq_idx is not None else dt
-    f32 = dict(device=x.device, dtype=torch.float32)
-    dstates = torch.empty(b, h, num_chunks, p, n, **f32)
-    ddecay = torch.empty(b * h, num_chunks, grid[1] * grid[2], **f32)
-    dinit = torch.empty(b, h, p, n, **f32)
-    _bwd_state_kernel[grid](
-        dy, dt, A, C, seq, states, dfinal, dstates, ddecay, dinit, l, h, g, p, n, num_chunks,
-        Q=launch.Q, BP=launch.BP_state, BN=launch.BN_state, HAS_SEQ=seq_idx is not None, PREC=launch.prec,
-        num_warps=launch.state_warps)
-    ddecay = ddecay.sum(-1).contiguous()
-    dx = torch.empty_like(x)
-    ddt = torch.empty(b, l, h, **f32)
-    dA = torch.empty(b * h, num_chunks, **f32)
-    dB = torch.empty(b, l, h, n, **f32)
-    dC = torch.empty(b, l, h, n, **f32)
-    _bwd_chunk_kernel[(b * h, num_chunks)](
-        x, dt, A, B, C, seq, states, dstates, ddecay, dy, dx, ddt, dA, dB, dC, l, h, g, p, n, num_chunks,
-        Q=launch.Q, BP=launch.BP, BN=launch.BN, HAS_SEQ=seq_idx is not None, PREC=launch.prec, num_warps=launch.warps)
-    # Heads of one group read the same B and C: their gradients add up.
-    dB = dB.view(b, l, g, h // g, n).sum(3).to(B.dtype)
-    dC = dC.view(b, l, g, h // g, n).sum(3).to(C.dtype)
-    dA = dA.view(b, h, num_chunks).sum((0, 2))
-    return dx, ddt, dA, dB, dC, dinit
+def _chunk_carries(u, v, weights, decay, init, reverse, launch):
+    """carry' = decay_c carry + sum_{t in chunk c} weights_t u_t v_t^T over the chunks (last to first if
+    reverse), from init (zeros if None): the carry entering each chunk (b, h, chunks, p, n) and the last.
+    Forward: the states, from (x, B, wout). Backward: dL/d(state leaving each chunk), from (dy, C, win)."""
+    b, _, h, p = u.shape
+    n = v.shape[3]
+    sizes, tiles = _sizes(u, v, decay, launch)
+    num_chunks = sizes[-1]
+    carries = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
+    _chunk_state[(b * h, num_chunks, triton.cdiv(n, launch.BN_state))](
+        u, v, weights, carries, *sizes, **{**tiles, "BN": launch.BN_state})
+    last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
+    _state_scan[(b * h, triton.cdiv(p * n, launch.scan_block))](
+        carries, decay, init if init is not None else last, carries, last, num_chunks, p * n,
+        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None)
+    return carries, last
 
 
-class SSDChunkScan(torch.autograd.Function):
-    """(x, dt, A, B, C, initial_states, seq_idx, launch) -> (scan output y, final_states); dt processed, fp32."""
+class SSDChunks(torch.autograd.Function):
+    """(x, B, C, dt, cum, win, wout, decay, initial_states, seq, launch) -> (y before D and z, final_states fp32).
+    Per-token inputs are _token_weights' (b, h, Lp) tensors; gradients flow to all but seq and launch."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, initial_states, seq_idx, launch):
-        y, final, states = _fwd(x, dt, A, B, C, initial_states, seq_idx, launch)
-        ctx.save_for_backward(x, dt, A, B, C, seq_idx, states)
+    def forward(ctx, x, B, C, dt, cum, win, wout, decay, initial_states, seq, launch):
+        sizes, tiles = _sizes(x, B, decay, launch)
+        b, _, h, _ = x.shape
+        states, final = _chunk_carries(x, B, wout, decay, initial_states, False, launch)
+        CB = _chunk_cb(B, C, launch.T, sizes[1])
+        y = torch.empty_like(x)
+        _chunk_output[(b * h, sizes[-1], launch.T // launch.Q)](
+            x, CB, C, dt, cum, win, states, seq if seq is not None else dt, y, *sizes,
+            BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
+        ctx.save_for_backward(x, B, C, CB, dt, cum, win, wout, decay, seq, states)
         ctx.launch = launch
         ctx.init_dtype = None if initial_states is None else initial_states.dtype
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, seq_idx, states = ctx.saved_tensors
-        if dfinal is None:
-            dfinal = torch.zeros(states.shape[0], states.shape[1], *states.shape[3:], device=x.device)
-        dx, ddt, dA, dB, dC, dinit = _bwd(x, dt, A, B, C, seq_idx, states, dy.contiguous(),
-                                          dfinal.float().contiguous(), ctx.launch)
+        x, B, C, CB, dt, cum, win, wout, decay, seq, states = ctx.saved_tensors
+        launch = ctx.launch
+        sizes, tiles = _sizes(x, B, decay, launch)
+        b, l, h, _ = x.shape
+        groups, n = B.shape[2], B.shape[3]
+        dy = dy.contiguous()
+        dleaving, dinit = _chunk_carries(dy, C, win, decay, None if dfinal is None else dfinal.float().contiguous(),
+                                         True, launch)
+        ddecay = (dleaving * states).sum((-1, -2))
+        seq_ptr = seq if seq is not None else dt
+        grid = (b * h, sizes[-1], launch.T // launch.Q)
+        f32 = dict(device=x.device, dtype=torch.float32)
+        dC, dcum, dwin = torch.empty(b, l, h, n, **f32), torch.empty_like(cum), torch.empty_like(win)
+        _chunk_grad_rows[grid](dy, x, B, C, CB, dt, cum, win, states, seq_ptr, dC, dcum, dwin, *sizes,
+                               BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
+        dx, dB = torch.empty_like(x), torch.empty(b, l, h, n, **f32)
+        ddt, dwout = torch.empty_like(dt), torch.empty_like(wout)
+        _chunk_grad_cols[grid](dy, x, B, C, CB, dt, cum, wout, dleaving, seq_ptr, dx, dB, ddt, dwout, *sizes,
+                               BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
+        # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
+        dcum -= ddt * dt
+        # Heads of one group read the same B and C: their gradients add up.
+        dB = dB.view(b, l, groups, h // groups, n).sum(3).to(B.dtype)
+        dC = dC.view(b, l, groups, h // groups, n).sum(3).to(C.dtype)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
-        return dx, ddt, dA.to(A.dtype), dB, dC, dinit, None, None
+        return dx, dB, dC, ddt, dcum, dwin, dwout, ddecay, dinit, None, None
 
 
 def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
@@ -369,11 +389,12 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"kernels.ssd triton backend: x.dtype = {x.dtype}, expected float32, float16 or bfloat16 "
                          "(use backend='torch' or 'naive' for float64)")
-    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32).contiguous()
+    launch = launch or default_launch(x, B.shape[-1], chunk_size)
+    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
+    weights = _token_weights(dt, A.float(), seq_idx, launch.T)
     init = None if initial_states is None else initial_states.contiguous()
-    seq = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
-    y, final = SSDChunkScan.apply(x.contiguous(), dt, A.float().contiguous(), B.contiguous(), C.contiguous(),
-                                  init, seq, launch or default_launch(x, B.shape[-1], chunk_size))
+    y, final = SSDChunks.apply(x.contiguous(), B.contiguous(), C.contiguous(), *weights[:5], init, weights[5],
+                               launch)
     # D and z in fp32: a bf16 epilogue would round the scan output twice.
     y = gate_output(y.float(), x.float(), D, z).to(x.dtype)
     return (y, final) if return_final_states else y

@@ -63,13 +63,14 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [dict(Q=32), dict(BP_state=16, BN_state=16, state_warps=2), dict(BP_state=16)],
-                         ids=["longer_chunk", "state_split_over_p_and_n", "state_split_over_p"])
+@pytest.mark.parametrize("change", [dict(T=32, Q=16), dict(T=64, Q=16, BN_state=16, scan_block=128),
+                                    dict(T=64, Q=32, warps=2)],
+                         ids=["two_tiles_per_chunk", "four_tiles_split_state", "two_wide_tiles"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
-    """Every Launch the benchmark's sweep may pick computes the same scan: here with the state walks
-    cut into tiles over p and n (p = n = 32), against the naive recurrence, forward and backward."""
+    """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
+    T-token chunk (the loops over tiles in every kernel), against the naive recurrence, forward and backward."""
     from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
-    case = Case("launch", b=1, l=45, h=2, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
+    case = Case("launch", b=2, l=77, h=2, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
     kw = make_inputs(case, torch.float32, DEVICE)
     launch = dataclasses.replace(default_launch(kw["x"], case.n, case.chunk), **change)
     y, f, grads = run_with_grads(lambda **k: ssd_scan_triton(**k, launch=launch), kw)
@@ -78,6 +79,12 @@ def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations
     assert_close(f, f_ref, TOL_FP32, "final_states")
     for name in g_ref:
         assert_close(grads[name], g_ref[name], TOL_FP32_GRAD, f"d{name}")
+
+
+def test_triton_launch_rejects_a_tile_longer_than_the_chunk():
+    from kernels.ssd.triton_chunked import Launch
+    with pytest.raises(ValueError, match="Q = 64, T = 32"):
+        Launch(T=32, Q=64, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, prec="ieee")
 
 
 def test_triton_chaining_equals_whole(nan_filled_allocations):
