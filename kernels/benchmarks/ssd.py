@@ -248,15 +248,15 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-# Changes to default_launch tried by the launch sweep: chunk and tile lengths, warps, state tiles.
+# Changes to default_launch tried by the launch sweep: chunk and tile lengths, warps, state tiles, heads.
 LAUNCH_VARIANTS = {
     "default": {},
     "Q 16": dict(Q=16),
     "Q 64": dict(Q=64),
-    "T 64": dict(T=64),
     "T 128": dict(T=128),
     "8 warps": dict(warps=8),
-    "_chunk_state over whole n": dict(BN_state=128),
+    "gradients: 1 head per program": dict(heads_per_program=1),
+    "gradients: 2 heads per program": dict(heads_per_program=2),
 }
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 
@@ -271,7 +271,7 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     shape = SSDShape(b=1, l=80, h=2, p=16, n=16, chunk=64) if tiny else SSD_GPU[SWEEP_SHAPE]
     inputs = make_inputs(shape, dtype, device)
-    base = default_launch(inputs["x"], shape.n, shape.chunk)
+    base = default_launch(inputs["x"], inputs["B"], shape.chunk)
     reference, seconds, rows = None, {}, []
     for name, change in LAUNCH_VARIANTS.items():
         launch = dataclasses.replace(base, **change)

@@ -27,6 +27,9 @@ kernels read its tiles instead of recomputing it per head.
               _chunk_grad_rows  dC, dL/dwin and cum's row terms, per Q-row tile
               _chunk_grad_cols  dx, dB, dL/dwout, dL/ddt and cum's column terms, per Q-column tile
 
+The gradient kernels take a block of heads of one group per program and sum dB and dC over them in
+registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
+tiles of one chunk next to each other, so that the state and inputs they share come from L2.
 States are kept once per chunk, in fp32; loads are cast to fp32 and every accumulation is fp32.
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/README.md).
@@ -137,8 +140,9 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
                   l, Lp, h, g, P, N, num_chunks,
                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                   HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, chunks, T // Q): rows m*Q.. of chunk c of y (the scan part, before D and z)."""
-    i_bh, c, m = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    """Grid (T // Q, b*h, chunks): rows m*Q.. of chunk c of y (the scan part, before D and z). The tiles of
+    one chunk run next to each other, so the state and x tiles they share are read from L2."""
+    m, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h = i_bh // h, i_bh % h
     i_g = i_h // (h // g)
     tok, seq_row = i_bh * Lp, i_b * Lp
@@ -158,81 +162,101 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
 
 
 @triton.jit
+def _head_block(i_sp, h, g, HP: tl.constexpr):
+    """Program index over (b, g, splits), each split HP heads of one group -> batch, group, the split's
+    first head, and its slot in a (b, l, g * splits, n) buffer of per-split sums."""
+    splits = (h // g) // HP
+    i_b, i_g = i_sp // (g * splits), (i_sp // splits) % g
+    return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP, i_sp % (g * splits), g * splits
+
+
+@triton.jit
 def _chunk_grad_rows(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr,
                      dC_ptr, dcum_ptr, dwin_ptr,
                      l, Lp, h, g, P, N, num_chunks,
-                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, chunks, T // Q), rows t of tile m: what sums over s <= t. dC_t (per head; the host sums a
-    group's heads), dL/dwin_t, and cum_t's share of d exp(cum_t - cum_s)."""
-    i_bh, c, m = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
-    tok, seq_row = i_bh * Lp, i_b * Lp
+    """Grid (T // Q, b * g * splits, chunks): rows t of tile m, for HP heads of one group: what sums over
+    s <= t. dC_t summed over the HP heads (the host sums the splits), and per head dL/dwin_t and cum_t's
+    share of d exp(cum_t - cum_s)."""
+    m, c = tl.program_id(0), tl.program_id(2)
+    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64), h, g, HP)
+    seq_row = i_b * Lp
     t_m = c * T + m * Q + tl.arange(0, Q)
     C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
-    dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-    cum_m = tl.load(cum_ptr + tok + t_m)
-    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
-    S = tl.load(states_ptr + offs, mask=mask, other=0.0)
-    # The entering state's term win_t C_t . S.
-    tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * tl.dot(C_m, tl.trans(S), input_precision=PREC), 1))
-    dC = tl.dot(dy_m, S, input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
-    # The in-chunk term: M_ts = (C_t . B_s) decay_ts dt_s, y_t = sum_s M_ts x_s.
-    dcum = tl.zeros((Q,), tl.float32)
-    for k in range(0, m + 1):
-        t_k = c * T + k * Q + tl.arange(0, Q)
-        B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
-        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
-        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
-        dM = tl.dot(dy_m, tl.trans(x_k), input_precision=PREC)
-        dCB = dM * decay * tl.load(dt_ptr + tok + t_k)[None, :]
-        dcum += tl.sum(dCB * _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q), 1)
-        dC += tl.dot(dCB, B_k, input_precision=PREC)
-    tl.store(dcum_ptr + tok + t_m, dcum)
-    _store_rows(dC_ptr, dC, i_b, i_h, c * T + m * Q, l, h, N, Q, BN)
+    dC = tl.zeros((Q, BN), tl.float32)
+    for j in range(HP):
+        i_h = head0 + j
+        i_bh = i_b * h + i_h
+        tok = i_bh * Lp
+        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        cum_m = tl.load(cum_ptr + tok + t_m)
+        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+        S = tl.load(states_ptr + offs, mask=mask, other=0.0)
+        # The entering state's term win_t C_t . S.
+        tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * tl.dot(C_m, tl.trans(S), input_precision=PREC), 1))
+        dC += tl.dot(dy_m, S, input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
+        # The in-chunk term: M_ts = (C_t . B_s) decay_ts dt_s, y_t = sum_s M_ts x_s.
+        dcum = tl.zeros((Q,), tl.float32)
+        for k in range(0, m + 1):
+            t_k = c * T + k * Q + tl.arange(0, Q)
+            B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
+            x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+            decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+            dM = tl.dot(dy_m, tl.trans(x_k), input_precision=PREC)
+            dCB = dM * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+            dcum += tl.sum(dCB * _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q), 1)
+            dC += tl.dot(dCB, B_k, input_precision=PREC)
+        tl.store(dcum_ptr + tok + t_m, dcum)
+    _store_rows(dC_ptr, dC, i_b, slot, c * T + m * Q, l, slots, N, Q, BN)
 
 
 @triton.jit
 def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr,
                      dx_ptr, dB_ptr, ddt_ptr, dwout_ptr,
                      l, Lp, h, g, P, N, num_chunks,
-                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (b*h, chunks, T // Q), columns s of tile k: what sums over t >= s. dx_s, dB_s (per head),
-    dL/dwout_s, and dL/ddt_s through M (cum_s's share of d exp(cum_t - cum_s) is -dt_s times it)."""
-    i_bh, c, k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
-    tok, seq_row = i_bh * Lp, i_b * Lp
+    """Grid (T // Q, b * g * splits, chunks): columns s of tile k, for HP heads of one group: what sums
+    over t >= s. dB_s summed over the HP heads, and per head dx_s, dL/dwout_s and dL/ddt_s through M
+    (cum_s's share of d exp(cum_t - cum_s) is -dt_s times it)."""
+    k, c = tl.program_id(0), tl.program_id(2)
+    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64), h, g, HP)
+    seq_row = i_b * Lp
     t_k = c * T + k * Q + tl.arange(0, Q)
-    x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
     B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
-    cum_k = tl.load(cum_ptr + tok + t_k)
-    dt_k = tl.load(dt_ptr + tok + t_k)
-    wout_k = tl.load(wout_ptr + tok + t_k)
-    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
-    G = tl.load(dleaving_ptr + offs, mask=mask, other=0.0)  # dL/d(state leaving chunk c)
-    # The leaving state's term wout_s x_s B_s^T.
-    GB = tl.dot(B_k, tl.trans(G), input_precision=PREC)    # (Q, BP): G B_s per row
-    tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
-    dx = GB * wout_k[:, None]
-    dB = tl.dot(x_k, G, input_precision=PREC) * wout_k[:, None]
-    # The in-chunk term, transposed: rows s, columns t.
-    ddt = tl.zeros((Q,), tl.float32)
-    for m in range(k, T // Q):
-        t_m = c * T + m * Q + tl.arange(0, Q)
-        C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
-        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-        decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ))
-        CB_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q))
-        dM_T = tl.dot(x_k, tl.trans(dy_m), input_precision=PREC)
-        ddt += tl.sum(dM_T * CB_T * decay_T, 1)
-        dx += tl.dot(CB_T * decay_T * dt_k[:, None], dy_m, input_precision=PREC)
-        dB += tl.dot(dM_T * decay_T * dt_k[:, None], C_m, input_precision=PREC)
-    tl.store(ddt_ptr + tok + t_k, ddt)
-    _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
-    _store_rows(dB_ptr, dB, i_b, i_h, c * T + k * Q, l, h, N, Q, BN)
+    dB = tl.zeros((Q, BN), tl.float32)
+    for j in range(HP):
+        i_h = head0 + j
+        i_bh = i_b * h + i_h
+        tok = i_bh * Lp
+        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        cum_k = tl.load(cum_ptr + tok + t_k)
+        dt_k = tl.load(dt_ptr + tok + t_k)
+        wout_k = tl.load(wout_ptr + tok + t_k)
+        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+        G = tl.load(dleaving_ptr + offs, mask=mask, other=0.0)  # dL/d(state leaving chunk c)
+        # The leaving state's term wout_s x_s B_s^T.
+        GB = tl.dot(B_k, tl.trans(G), input_precision=PREC)    # (Q, BP): G B_s per row
+        tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
+        dx = GB * wout_k[:, None]
+        dB += tl.dot(x_k, G, input_precision=PREC) * wout_k[:, None]
+        # The in-chunk term, transposed: rows s, columns t.
+        ddt = tl.zeros((Q,), tl.float32)
+        for m in range(k, T // Q):
+            t_m = c * T + m * Q + tl.arange(0, Q)
+            C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+            dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+            decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row,
+                                               HAS_SEQ))
+            CB_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q))
+            dM_T = tl.dot(x_k, tl.trans(dy_m), input_precision=PREC)
+            ddt += tl.sum(dM_T * CB_T * decay_T, 1)
+            dx += tl.dot(CB_T * decay_T * dt_k[:, None], dy_m, input_precision=PREC)
+            dB += tl.dot(dM_T * decay_T * dt_k[:, None], C_m, input_precision=PREC)
+        tl.store(ddt_ptr + tok + t_k, ddt)
+        _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
+    _store_rows(dB_ptr, dB, i_b, slot, c * T + k * Q, l, slots, N, Q, BN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +269,7 @@ class Launch:
     BN_state: int     # _chunk_state splits n into tiles of this width
     scan_block: int   # _state_scan's elements per program
     warps: int        # the tile kernels
+    heads_per_program: int  # the gradient kernels sum dB and dC over this many heads of a group in registers
     prec: str         # tl.dot input precision: "ieee" or "tf32"
 
     def __post_init__(self):
@@ -252,10 +277,16 @@ class Launch:
             raise ValueError(f"kernels.ssd triton Launch: Q = {self.Q}, T = {self.T}; expected 16 <= Q <= T, "
                              "both powers of two")
 
+    def check(self, heads_per_group):
+        if heads_per_group % self.heads_per_program:
+            raise ValueError(f"kernels.ssd triton Launch: heads_per_program = {self.heads_per_program}, expected a "
+                             f"divisor of the heads per group, {heads_per_group}")
 
-def default_launch(x, n, chunk_size) -> Launch:
-    p = x.shape[-1]
+
+def default_launch(x, B, chunk_size) -> Launch:
+    p, n = x.shape[-1], B.shape[-1]
     BP, BN = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
+    heads_per_group = x.shape[2] // B.shape[2]
     T = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
     tf32 = x.dtype != torch.float32
     # With tf32 dots (16-bit inputs) Triton stages operands in shared memory; the first version's
@@ -264,6 +295,8 @@ def default_launch(x, n, chunk_size) -> Launch:
     return Launch(T=T, Q=min(T, tile), BP=BP, BN=BN, BN_state=min(BN, 64), scan_block=1024,
                   # 4 warps ran the first version's tile kernels 3.7x faster than 8 (H100, bf16).
                   warps=4,
+                  # Per-head dB and dC in fp32 would be h / g times the size of B: 5.4 GB at L 64K, 80 heads.
+                  heads_per_program=max(d for d in (1, 2, 4, 8) if heads_per_group % d == 0),
                   # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
                   prec="tf32" if tf32 else "ieee")
 
@@ -338,7 +371,7 @@ class SSDChunks(torch.autograd.Function):
         states, final = _chunk_carries(x, B, wout, decay, initial_states, False, launch)
         CB = _chunk_cb(B, C, launch.T, sizes[1])
         y = torch.empty_like(x)
-        _chunk_output[(b * h, sizes[-1], launch.T // launch.Q)](
+        _chunk_output[(launch.T // launch.Q, b * h, sizes[-1])](
             x, CB, C, dt, cum, win, states, seq if seq is not None else dt, y, *sizes,
             BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
         ctx.save_for_backward(x, B, C, CB, dt, cum, win, wout, decay, seq, states)
@@ -356,22 +389,24 @@ class SSDChunks(torch.autograd.Function):
         dy = dy.contiguous()
         dleaving, dinit = _chunk_carries(dy, C, win, decay, None if dfinal is None else dfinal.float().contiguous(),
                                          True, launch)
-        ddecay = (dleaving * states).sum((-1, -2))
+        ddecay = torch.einsum("bhcpn,bhcpn->bhc", dleaving, states)  # dL/d decay_c = <dL/dS_c+1, S_c>
         seq_ptr = seq if seq is not None else dt
-        grid = (b * h, sizes[-1], launch.T // launch.Q)
+        # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
+        # heads, the host over the splits.
+        splits = h // groups // launch.heads_per_program
+        grid = (launch.T // launch.Q, b * groups * splits, sizes[-1])
         f32 = dict(device=x.device, dtype=torch.float32)
-        dC, dcum, dwin = torch.empty(b, l, h, n, **f32), torch.empty_like(cum), torch.empty_like(win)
-        _chunk_grad_rows[grid](dy, x, B, C, CB, dt, cum, win, states, seq_ptr, dC, dcum, dwin, *sizes,
-                               BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
-        dx, dB = torch.empty_like(x), torch.empty(b, l, h, n, **f32)
+        kernel_args = dict(BN=launch.BN, HP=launch.heads_per_program, HAS_SEQ=seq is not None, **tiles)
+        dC, dcum, dwin = torch.empty(b, l, groups * splits, n, **f32), torch.empty_like(cum), torch.empty_like(win)
+        _chunk_grad_rows[grid](dy, x, B, C, CB, dt, cum, win, states, seq_ptr, dC, dcum, dwin, *sizes, **kernel_args)
+        dx, dB = torch.empty_like(x), torch.empty(b, l, groups * splits, n, **f32)
         ddt, dwout = torch.empty_like(dt), torch.empty_like(wout)
         _chunk_grad_cols[grid](dy, x, B, C, CB, dt, cum, wout, dleaving, seq_ptr, dx, dB, ddt, dwout, *sizes,
-                               BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
+                               **kernel_args)
         # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
         dcum -= ddt * dt
-        # Heads of one group read the same B and C: their gradients add up.
-        dB = dB.view(b, l, groups, h // groups, n).sum(3).to(B.dtype)
-        dC = dC.view(b, l, groups, h // groups, n).sum(3).to(C.dtype)
+        dB = dB.view(b, l, groups, splits, n).sum(3).to(B.dtype)
+        dC = dC.view(b, l, groups, splits, n).sum(3).to(C.dtype)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
         return dx, dB, dC, ddt, dcum, dwin, dwout, ddecay, dinit, None, None
 
@@ -389,7 +424,8 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"kernels.ssd triton backend: x.dtype = {x.dtype}, expected float32, float16 or bfloat16 "
                          "(use backend='torch' or 'naive' for float64)")
-    launch = launch or default_launch(x, B.shape[-1], chunk_size)
+    launch = launch or default_launch(x, B, chunk_size)
+    launch.check(x.shape[2] // B.shape[2])
     dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
     weights = _token_weights(dt, A.float(), seq_idx, launch.T)
     init = None if initial_states is None else initial_states.contiguous()

@@ -63,16 +63,17 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [dict(T=32, Q=16), dict(T=64, Q=16, BN_state=16, scan_block=128),
-                                    dict(T=64, Q=32, warps=2)],
-                         ids=["two_tiles_per_chunk", "four_tiles_split_state", "two_wide_tiles"])
+@pytest.mark.parametrize("change", [dict(T=32, Q=16), dict(T=64, Q=16, BN_state=16, scan_block=128, heads_per_program=2),
+                                    dict(T=64, Q=32, warps=2, heads_per_program=1)],
+                         ids=["two_tiles_per_chunk", "four_tiles_two_head_splits", "two_wide_tiles_per_head"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
     """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
-    T-token chunk (the loops over tiles in every kernel), against the naive recurrence, forward and backward."""
+    T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
+    ways, against the naive recurrence, forward and backward."""
     from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
-    case = Case("launch", b=2, l=77, h=2, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
+    case = Case("launch", b=2, l=77, h=4, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
     kw = make_inputs(case, torch.float32, DEVICE)
-    launch = dataclasses.replace(default_launch(kw["x"], case.n, case.chunk), **change)
+    launch = dataclasses.replace(default_launch(kw["x"], kw["B"], case.chunk), **change)
     y, f, grads = run_with_grads(lambda **k: ssd_scan_triton(**k, launch=launch), kw)
     y_ref, f_ref, g_ref = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"), make_inputs(case, torch.float64))
     assert_close(y, y_ref, TOL_FP32, "y")
@@ -81,10 +82,14 @@ def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations
         assert_close(grads[name], g_ref[name], TOL_FP32_GRAD, f"d{name}")
 
 
-def test_triton_launch_rejects_a_tile_longer_than_the_chunk():
-    from kernels.ssd.triton_chunked import Launch
+def test_triton_launch_rejects_what_does_not_divide():
+    from kernels.ssd.triton_chunked import Launch, ssd_scan_triton
     with pytest.raises(ValueError, match="Q = 64, T = 32"):
-        Launch(T=32, Q=64, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, prec="ieee")
+        Launch(T=32, Q=64, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, heads_per_program=1, prec="ieee")
+    kw = make_inputs(Case("three_heads_per_group", b=1, l=5, h=3, g=1, p=16), torch.float32, DEVICE)
+    launch = Launch(T=16, Q=16, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, heads_per_program=2, prec="ieee")
+    with pytest.raises(ValueError, match="heads_per_program = 2, expected a divisor of the heads per group, 3"):
+        ssd_scan_triton(**kw, launch=launch)
 
 
 def test_triton_chaining_equals_whole(nan_filled_allocations):
