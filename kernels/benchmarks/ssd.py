@@ -248,21 +248,26 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-# Changes to default_launch tried by the launch sweep: chunk and tile lengths, warps, state tiles, heads.
-LAUNCH_VARIANTS = {
-    "default": {},
-    "Q 16": dict(Q=16),
-    "Q 64": dict(Q=64),
-    "T 128": dict(T=128),
-    "8 warps": dict(warps=8),
-    "gradients: 1 head per program": dict(heads_per_program=1),
-    "gradients: 2 heads per program": dict(heads_per_program=2),
-}
+def launch_variants(dot16: str) -> dict[str, dict]:
+    """Changes to default_launch tried by the launch sweep: chunk and tile lengths, warps, heads per gradient
+    program, and products on 16-bit operands (`dot16`: "bf16" on a GPU, "fp16" in the interpreter)."""
+    return {
+        "default": {},
+        "Q 16": dict(Q=16),
+        "Q 64": dict(Q=64),
+        "T 128": dict(T=128),
+        "8 warps": dict(warps=8),
+        "gradients: 1 head per program": dict(heads_per_program=1),
+        f"{dot16} operands": dict(prec=dot16),
+        f"{dot16} operands, Q 64": dict(prec=dot16, Q=64),
+    }
+
+
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 
 
 def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
-    """Our Triton scan under each LAUNCH_VARIANTS entry, fwd and fwd+bwd, against the default launch;
+    """Our Triton scan under each of launch_variants, fwd and fwd+bwd, against the default launch;
     the outputs of every variant are checked against the default's (same math, other rounding).
     A launch the device cannot run (shared memory, registers) is reported, not fatal."""
     from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
@@ -273,7 +278,7 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     inputs = make_inputs(shape, dtype, device)
     base = default_launch(inputs["x"], inputs["B"], shape.chunk)
     reference, seconds, rows = None, {}, []
-    for name, change in LAUNCH_VARIANTS.items():
+    for name, change in launch_variants("fp16" if tiny else "bf16").items():
         launch = dataclasses.replace(base, **change)
 
         def fn(x, dt, A, B, C, D, dt_bias, launch=launch):

@@ -73,6 +73,18 @@ def _state_tile(i_bh, c, num_chunks, P, N, BP: tl.constexpr, BN: tl.constexpr, c
 
 
 @triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    """a @ b accumulated in fp32. PREC "ieee" or "tf32": fp32 operands at that precision; "bf16" or "fp16":
+    the operands rounded to that type first (the tensor cores' fastest path, and mamba_ssm's choice)."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def _cb_tile(cb_ptr, i_bg, c, m, k, num_chunks, T: tl.constexpr, Q: tl.constexpr):
     """The (Q, Q) tile of C_t . B_s for rows m*Q.., columns k*Q.. of chunk c (b*g, chunks, T, T): fp32."""
     rows = m * Q + tl.arange(0, Q)
@@ -104,7 +116,7 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
         u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
         v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
         wt = tl.load(wt_ptr + i_bh * Lp + t0 + tl.arange(0, Q))
-        acc += tl.dot(tl.trans(u * wt[:, None]), v, input_precision=PREC)
+        acc += _dot(tl.trans(u * wt[:, None]), v, PREC)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
     tl.store(out_ptr + offs, acc, mask=mask)
 
@@ -151,13 +163,13 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
     cum_m = tl.load(cum_ptr + tok + t_m)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
     S = tl.load(states_ptr + offs, mask=mask, other=0.0)
-    y = tl.dot(C_m, tl.trans(S), input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
+    y = _dot(C_m, tl.trans(S), PREC) * tl.load(win_ptr + tok + t_m)[:, None]
     for k in range(0, m + 1):
         t_k = c * T + k * Q + tl.arange(0, Q)
         x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
         decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
         M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
-        y += tl.dot(M, x_k, input_precision=PREC)
+        y += _dot(M, x_k, PREC)
     _store_rows(y_ptr, y, i_b, i_h, c * T + m * Q, l, h, P, Q, BP)
 
 
@@ -194,8 +206,8 @@ def _chunk_grad_rows(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, win_p
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
         S = tl.load(states_ptr + offs, mask=mask, other=0.0)
         # The entering state's term win_t C_t . S.
-        tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * tl.dot(C_m, tl.trans(S), input_precision=PREC), 1))
-        dC += tl.dot(dy_m, S, input_precision=PREC) * tl.load(win_ptr + tok + t_m)[:, None]
+        tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * _dot(C_m, tl.trans(S), PREC), 1))
+        dC += _dot(dy_m, S, PREC) * tl.load(win_ptr + tok + t_m)[:, None]
         # The in-chunk term: M_ts = (C_t . B_s) decay_ts dt_s, y_t = sum_s M_ts x_s.
         dcum = tl.zeros((Q,), tl.float32)
         for k in range(0, m + 1):
@@ -203,10 +215,10 @@ def _chunk_grad_rows(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, win_p
             B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
             x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
             decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
-            dM = tl.dot(dy_m, tl.trans(x_k), input_precision=PREC)
+            dM = _dot(dy_m, tl.trans(x_k), PREC)
             dCB = dM * decay * tl.load(dt_ptr + tok + t_k)[None, :]
             dcum += tl.sum(dCB * _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q), 1)
-            dC += tl.dot(dCB, B_k, input_precision=PREC)
+            dC += _dot(dCB, B_k, PREC)
         tl.store(dcum_ptr + tok + t_m, dcum)
     _store_rows(dC_ptr, dC, i_b, slot, c * T + m * Q, l, slots, N, Q, BN)
 
@@ -237,10 +249,10 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
         G = tl.load(dleaving_ptr + offs, mask=mask, other=0.0)  # dL/d(state leaving chunk c)
         # The leaving state's term wout_s x_s B_s^T.
-        GB = tl.dot(B_k, tl.trans(G), input_precision=PREC)    # (Q, BP): G B_s per row
+        GB = _dot(B_k, tl.trans(G), PREC)    # (Q, BP): G B_s per row
         tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
         dx = GB * wout_k[:, None]
-        dB += tl.dot(x_k, G, input_precision=PREC) * wout_k[:, None]
+        dB += _dot(x_k, G, PREC) * wout_k[:, None]
         # The in-chunk term, transposed: rows s, columns t.
         ddt = tl.zeros((Q,), tl.float32)
         for m in range(k, T // Q):
@@ -250,10 +262,10 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_
             decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row,
                                                HAS_SEQ))
             CB_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q))
-            dM_T = tl.dot(x_k, tl.trans(dy_m), input_precision=PREC)
+            dM_T = _dot(x_k, tl.trans(dy_m), PREC)
             ddt += tl.sum(dM_T * CB_T * decay_T, 1)
-            dx += tl.dot(CB_T * decay_T * dt_k[:, None], dy_m, input_precision=PREC)
-            dB += tl.dot(dM_T * decay_T * dt_k[:, None], C_m, input_precision=PREC)
+            dx += _dot(CB_T * decay_T * dt_k[:, None], dy_m, PREC)
+            dB += _dot(dM_T * decay_T * dt_k[:, None], C_m, PREC)
         tl.store(ddt_ptr + tok + t_k, ddt)
         _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
     _store_rows(dB_ptr, dB, i_b, slot, c * T + k * Q, l, slots, N, Q, BN)
@@ -270,7 +282,7 @@ class Launch:
     scan_block: int   # _state_scan's elements per program
     warps: int        # the tile kernels
     heads_per_program: int  # the gradient kernels sum dB and dC over this many heads of a group in registers
-    prec: str         # tl.dot input precision: "ieee" or "tf32"
+    prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
 
     def __post_init__(self):
         if self.Q > self.T or self.T % self.Q or self.Q < 16:

@@ -63,23 +63,36 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [dict(T=32, Q=16), dict(T=64, Q=16, BN_state=16, scan_block=128, heads_per_program=2),
+@pytest.mark.parametrize("change", [dict(T=32, Q=16),
+                                    dict(T=64, Q=16, BN_state=16, scan_block=128, heads_per_program=2),
                                     dict(T=64, Q=32, warps=2, heads_per_program=1)],
                          ids=["two_tiles_per_chunk", "four_tiles_two_head_splits", "two_wide_tiles_per_head"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
     """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
     T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
     ways, against the naive recurrence, forward and backward."""
-    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
     case = Case("launch", b=2, l=77, h=4, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
-    kw = make_inputs(case, torch.float32, DEVICE)
+    compare_launch_to_naive(case, torch.float32, change, TOL_FP32, TOL_FP32_GRAD)
+
+
+def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
+    """ssd_scan_triton under default_launch with `change`, against the naive recurrence on the same inputs in fp64."""
+    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+    kw = make_inputs(case, dtype, device)
     launch = dataclasses.replace(default_launch(kw["x"], kw["B"], case.chunk), **change)
     y, f, grads = run_with_grads(lambda **k: ssd_scan_triton(**k, launch=launch), kw)
-    y_ref, f_ref, g_ref = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"), make_inputs(case, torch.float64))
-    assert_close(y, y_ref, TOL_FP32, "y")
-    assert_close(f, f_ref, TOL_FP32, "final_states")
+    y_ref, f_ref, g_ref = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"), as_float64(kw))
+    assert_close(y, y_ref, tol, "y")
+    assert_close(f, f_ref, tol, "final_states")
     for name in g_ref:
-        assert_close(grads[name], g_ref[name], TOL_FP32_GRAD, f"d{name}")
+        assert_close(grads[name], g_ref[name], tol_grad, f"d{name}")
+
+
+def test_triton_16bit_dot_operands(nan_filled_allocations):
+    """prec "fp16" rounds every product's operands to fp16 first. bf16 is the same code, but the interpreter
+    gets bf16 wrong, so the gpu tier runs it."""
+    case = Case("fp16_operands", b=1, l=77, h=4, p=32, n=32, g=2, chunk=16, D="hp", seq_idx=True)
+    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, prec="fp16"), TOL_FP16, TOL_FP16)
 
 
 def test_triton_launch_rejects_what_does_not_divide():
@@ -136,6 +149,14 @@ GPU_CASES = [
 def test_triton_gpu_matches_naive(case, dtype, tol, tol_grad, nan_filled_allocations):
     # The reference runs on the same (rounded) inputs in fp64: what is left is the kernel's own rounding.
     compare_to_naive(case, dtype, tol, tol_grad, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, TOL_FP16), (torch.bfloat16, TOL_BF16)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("Q", [32, 64])
+def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
+    compare_launch_to_naive(GPU_CASES[0], dtype, dict(Q=Q, prec="fp16" if dtype == torch.float16 else "bf16"), tol,
+                            tol, "cuda")
 
 
 @pytest.fixture
