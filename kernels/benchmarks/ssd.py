@@ -1,7 +1,7 @@
 """Benchmark the SSD scan against its peers; prints a markdown table and keeps it under results/.
 
     python -m kernels.benchmarks.ssd --suite cpu            # torch vs naive vs mamba_ssm minimal vs transformers
-    python -m kernels.benchmarks.ssd --suite gpu            # triton vs mamba_chunk_scan_combined, bf16
+    python -m kernels.benchmarks.ssd --suite gpu            # triton (tf32 and bf16 products) vs mamba_chunk_scan_combined, bf16
     python -m kernels.benchmarks.ssd --suite launch         # our triton kernels under other launch configs
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
@@ -37,7 +37,8 @@ from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
 
 RESULTS = Path(__file__).parent / "results"
 CPU_IMPLS = ("torch", "naive", "mamba_ssm_minimal", "transformers_torch")
-GPU_IMPLS = ("triton", "mamba_chunk_scan_combined")
+GPU_IMPLS = ("triton", "triton_bf16_operands", "mamba_chunk_scan_combined")
+OURS_ON_GPU = GPU_IMPLS[:2]
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -71,6 +72,13 @@ def implementation(name: str, shape: SSDShape):
     if name in ("torch", "naive", "triton"):
         return lambda x, dt, A, B, C, D, dt_bias: ssd_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
                                                            dt_softplus=True, backend=name)
+    if name == "triton_bf16_operands":  # the default launch with its products on 16-bit operands
+        from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+
+        def bf16_operands(x, dt, A, B, C, D, dt_bias):
+            launch = dataclasses.replace(default_launch(x, B, chunk), prec="bf16" if x.is_cuda else "fp16")
+            return ssd_scan_triton(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, dt_softplus=True, launch=launch)
+        return bf16_operands
     if name == "mamba_ssm_minimal":
         stub_selective_scan_cuda()
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
@@ -216,7 +224,7 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
                          "TRITON_INTERPRET=1 and --tiny")
     shapes = SSD_GPU_TINY if tiny else SSD_GPU
     # mamba_ssm's Triton kernels need a CUDA device (the interpreter would need patches to them).
-    impls = GPU_IMPLS if device == "cuda" else ("triton",)
+    impls = GPU_IMPLS if device == "cuda" else OURS_ON_GPU
     dtype = torch.float32 if device == "cpu" else torch.bfloat16  # the interpreter gets bf16 wrong
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     copy_bw = copy_bandwidth(device)
@@ -241,9 +249,9 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
                 point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
                 print(f"  {shape.name} {mode} {impl}: {point[impl]}", file=sys.stderr)
             rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in GPU_IMPLS]
-                        + [_speedup(point.get("mamba_chunk_scan_combined"), point.get("triton"))])
+                        + [_speedup(point.get("mamba_chunk_scan_combined"), point.get(i)) for i in OURS_ON_GPU])
     header = ["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in GPU_IMPLS] + [
-        "speedup triton vs mamba"]
+        f"speedup {i} vs mamba" for i in OURS_ON_GPU]
     header[-1] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
     return header, rows
 

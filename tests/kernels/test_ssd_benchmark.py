@@ -15,9 +15,10 @@ def test_registry_names_describe_their_shapes():
         SSDShape(b=1, l=8, h=3, p=16, n=16, chunk=16, g=2)
 
 
-@pytest.mark.parametrize("impl", ["torch", "transformers_torch", "triton"])
-def test_benchmarked_implementations_agree_with_naive(impl):
+@pytest.mark.parametrize("impl, tol", [("torch", 2e-3), ("transformers_torch", 2e-3), ("triton", 2e-3),
+                                       ("triton_bf16_operands", 1e-2)])  # fp16 operands off CUDA
+def test_benchmarked_implementations_agree_with_naive(impl, tol):
     shape = SSD_GPU_TINY["B1_L40_H2_P16_N16_C16"]
     inputs = make_inputs(shape, torch.float32, "cpu")
     want = implementation("naive", shape)(**inputs)
-    torch.testing.assert_close(implementation(impl, shape)(**inputs), want, atol=2e-4, rtol=2e-3)
+    torch.testing.assert_close(implementation(impl, shape)(**inputs), want, atol=tol / 10, rtol=tol)
