@@ -1,7 +1,7 @@
 """Benchmark the SSD scan against its peers; prints a markdown table and keeps it under results/.
 
     python -m kernels.benchmarks.ssd --suite cpu            # torch vs naive vs mamba_ssm minimal vs transformers
-    python -m kernels.benchmarks.ssd --suite gpu            # triton (tf32 and bf16 products) vs mamba_chunk_scan_combined, bf16
+    python -m kernels.benchmarks.ssd --suite gpu            # triton (tf32, bf16 products) vs mamba_chunk_scan_combined
     python -m kernels.benchmarks.ssd --suite launch         # our triton kernels under other launch configs
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
