@@ -261,13 +261,14 @@ def launch_variants(dot16: str) -> dict[str, dict]:
     program, and products on 16-bit operands (`dot16`: "bf16" on a GPU, "fp16" in the interpreter)."""
     return {
         "default": {},
-        "Q 16": dict(Q=16),
-        "Q 64": dict(Q=64),
+        "forward Q 32": dict(Q=32),
+        "gradients Q 16": dict(grad_Q=16),
+        "gradients Q 64": dict(grad_Q=64),
         "T 128": dict(T=128),
-        "8 warps": dict(warps=8),
+        "gradient kernels 4 warps": dict(grad_warps=4),
         "gradients: 1 head per program": dict(heads_per_program=1),
         f"{dot16} operands": dict(prec=dot16),
-        f"{dot16} operands, Q 64": dict(prec=dot16, Q=64),
+        f"{dot16} operands, forward Q 32": dict(prec=dot16, Q=32),
     }
 
 

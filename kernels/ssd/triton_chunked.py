@@ -275,19 +275,23 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_
 class Launch:
     """How the kernels cut the problem. Every Launch gives the same result up to rounding."""
     T: int            # tokens per chunk (one state kept per chunk): a power of two, 16..MAX_CHUNK
-    Q: int            # tokens per tile: a power of two, 16..min(T, MAX_TILE)
+    Q: int            # tokens per tile of the forward kernels: a power of two, 16..min(T, MAX_TILE)
+    grad_Q: int       # and of the gradient kernels
     BP: int           # p and n padded to powers of two (>= 16): tiles hold whole rows
     BN: int
     BN_state: int     # _chunk_state splits n into tiles of this width
     scan_block: int   # _state_scan's elements per program
-    warps: int        # the tile kernels
+    warps: int        # the forward's tile kernels
+    grad_warps: int   # the gradient kernels
     heads_per_program: int  # the gradient kernels sum dB and dC over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
 
     def __post_init__(self):
-        if self.Q > self.T or self.T % self.Q or self.Q < 16:
-            raise ValueError(f"kernels.ssd triton Launch: Q = {self.Q}, T = {self.T}; expected 16 <= Q <= T, "
-                             "both powers of two")
+        for name in ("Q", "grad_Q"):
+            tile = getattr(self, name)
+            if tile > self.T or self.T % tile or tile < 16:
+                raise ValueError(f"kernels.ssd triton Launch: {name} = {tile}, T = {self.T}; expected 16 <= {name} "
+                                 "<= T, both powers of two")
 
     def check(self, heads_per_group):
         if heads_per_group % self.heads_per_program:
@@ -301,12 +305,13 @@ def default_launch(x, B, chunk_size) -> Launch:
     heads_per_group = x.shape[2] // B.shape[2]
     T = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
     tf32 = x.dtype != torch.float32
-    # With tf32 dots (16-bit inputs) Triton stages operands in shared memory; the first version's
-    # backward asked 262 KB at Q 64, p 64, n 128 (an H100 has 227 KB). Q 32 is safe; Q 64 is to measure.
-    tile = 32 if tf32 and BP * BN >= 64 * 128 else MAX_TILE
-    return Launch(T=T, Q=min(T, tile), BP=BP, BN=BN, BN_state=min(BN, 64), scan_block=1024,
-                  # 4 warps ran the first version's tile kernels 3.7x faster than 8 (H100, bf16).
-                  warps=4,
+    return Launch(T=T, BP=BP, BN=BN, BN_state=min(BN, 64), scan_block=1024,
+                  # Compiled for sm_90 (kernels.benchmarks.gpu_compile; p 64, n 128, bf16 inputs): the forward
+                  # kernels fit 4 warps' registers at Q 64 (the first version ran its forward 1.21x faster at
+                  # Q 64 than 32 on an H100); the gradient kernels spill at Q 32 with 4 warps (56 and 344 bytes
+                  # a thread), not with 8 (0 and 24), and at Q 64 even with 8 (304 and 1,072).
+                  Q=min(T, MAX_TILE), warps=4,
+                  grad_Q=min(T, 32 if BP * BN >= 64 * 128 else MAX_TILE), grad_warps=8,
                   # Per-head dB and dC in fp32 would be h / g times the size of B: 5.4 GB at L 64K, 80 heads.
                   heads_per_program=max(d for d in (1, 2, 4, 8) if heads_per_group % d == 0),
                   # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
@@ -406,9 +411,10 @@ class SSDChunks(torch.autograd.Function):
         # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
         # heads, the host over the splits.
         splits = h // groups // launch.heads_per_program
-        grid = (launch.T // launch.Q, b * groups * splits, sizes[-1])
+        grid = (launch.T // launch.grad_Q, b * groups * splits, sizes[-1])
         f32 = dict(device=x.device, dtype=torch.float32)
-        kernel_args = dict(BN=launch.BN, HP=launch.heads_per_program, HAS_SEQ=seq is not None, **tiles)
+        kernel_args = dict(tiles, Q=launch.grad_Q, BN=launch.BN, HP=launch.heads_per_program, HAS_SEQ=seq is not None,
+                           num_warps=launch.grad_warps)
         dC, dcum, dwin = torch.empty(b, l, groups * splits, n, **f32), torch.empty_like(cum), torch.empty_like(win)
         _chunk_grad_rows[grid](dy, x, B, C, CB, dt, cum, win, states, seq_ptr, dC, dcum, dwin, *sizes, **kernel_args)
         dx, dB = torch.empty_like(x), torch.empty(b, l, groups * splits, n, **f32)

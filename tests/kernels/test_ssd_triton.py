@@ -63,9 +63,9 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [dict(T=32, Q=16),
-                                    dict(T=64, Q=16, BN_state=16, scan_block=128, heads_per_program=2),
-                                    dict(T=64, Q=32, warps=2, heads_per_program=1)],
+@pytest.mark.parametrize("change", [dict(T=32, Q=16, grad_Q=16),
+                                    dict(T=64, Q=16, grad_Q=32, BN_state=16, scan_block=128, heads_per_program=2),
+                                    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1)],
                          ids=["two_tiles_per_chunk", "four_tiles_two_head_splits", "two_wide_tiles_per_head"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
     """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
@@ -92,15 +92,17 @@ def test_triton_16bit_dot_operands(nan_filled_allocations):
     """prec "fp16" rounds every product's operands to fp16 first. bf16 is the same code, but the interpreter
     gets bf16 wrong, so the gpu tier runs it."""
     case = Case("fp16_operands", b=1, l=77, h=4, p=32, n=32, g=2, chunk=16, D="hp", seq_idx=True)
-    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, prec="fp16"), TOL_FP16, TOL_FP16)
+    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16"), TOL_FP16, TOL_FP16)
 
 
 def test_triton_launch_rejects_what_does_not_divide():
     from kernels.ssd.triton_chunked import Launch, ssd_scan_triton
     with pytest.raises(ValueError, match="Q = 64, T = 32"):
-        Launch(T=32, Q=64, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, heads_per_program=1, prec="ieee")
+        Launch(T=32, Q=64, grad_Q=32, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, grad_warps=4,
+               heads_per_program=1, prec="ieee")
     kw = make_inputs(Case("three_heads_per_group", b=1, l=5, h=3, g=1, p=16), torch.float32, DEVICE)
-    launch = Launch(T=16, Q=16, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, heads_per_program=2, prec="ieee")
+    launch = Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, grad_warps=4,
+                    heads_per_program=2, prec="ieee")
     with pytest.raises(ValueError, match="heads_per_program = 2, expected a divisor of the heads per group, 3"):
         ssd_scan_triton(**kw, launch=launch)
 
@@ -155,8 +157,8 @@ def test_triton_gpu_matches_naive(case, dtype, tol, tol_grad, nan_filled_allocat
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, TOL_FP16), (torch.bfloat16, TOL_BF16)], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("Q", [32, 64])
 def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
-    compare_launch_to_naive(GPU_CASES[0], dtype, dict(Q=Q, prec="fp16" if dtype == torch.float16 else "bf16"), tol,
-                            tol, "cuda")
+    compare_launch_to_naive(GPU_CASES[0], dtype, dict(Q=Q, grad_Q=Q, prec="fp16" if dtype == torch.float16 else "bf16"),
+                            tol, tol, "cuda")
 
 
 @pytest.fixture

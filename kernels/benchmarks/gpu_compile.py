@@ -1,0 +1,171 @@
+"""Compile our Triton SSD kernels for a GPU on any machine: what each needs in shared memory, registers and
+spill stack, per launch. Triton's wheel ships ptxas and cuobjdump, so neither a GPU nor a driver is needed,
+and what a GPU run would fail on (shared memory) or slow down on (spills) shows here first.
+
+    python -m kernels.benchmarks.gpu_compile                     # sm_90 (H100, H200), the launch sweep's variants
+    python -m kernels.benchmarks.gpu_compile --arch 80 --default-only --json
+
+How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU tensors of the sweep's shape
+(with L cut to 4,096 tokens: the sizes Triton specialises on keep their divisibility by 16), every kernel
+launch replaced by a recorder. Each recorded call is compiled for the target as Triton's launcher would
+(pointers aligned to 16 bytes and integers divisible by 16 marked so),
+and cuobjdump reads the registers and stack of the cubin. Must run without TRITON_INTERPRET.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+KERNELS = ("_chunk_state", "_state_scan", "_chunk_output", "_chunk_grad_rows", "_chunk_grad_cols")
+# Shared memory per block (opt-in maximum), bytes: A100 and H100/H200.
+MAX_SHARED = {80: 166912, 90: 232448}
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
+
+
+def record_launches(shape, dtype, launch_change):
+    """Run the Triton scan's forward and backward with every kernel launch recorded, not run:
+    ([(pass, kernel, args, kwargs)] in launch order, the Launch used)."""
+    from kernels.benchmarks.ssd import make_inputs
+    from kernels.ssd import triton_chunked as tc
+
+    calls, phase = [], ["forward"]
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((phase[0], self.kernel, args, kwargs))
+
+    originals = {name: getattr(tc, name) for name in KERNELS}
+    try:
+        for name, kernel in originals.items():
+            setattr(tc, name, Recorder(kernel))
+        inputs = make_inputs(shape, dtype, "cpu")
+        launch = dataclasses.replace(tc.default_launch(inputs["x"], inputs["B"], shape.chunk), **launch_change)
+        leaves = {k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        y = tc.ssd_scan_triton(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], shape.chunk,
+                               D=leaves["D"], dt_bias=leaves["dt_bias"], dt_softplus=True, launch=launch)
+        phase[0] = "backward"
+        y.float().sum().backward()
+    finally:
+        for name, kernel in originals.items():
+            setattr(tc, name, kernel)
+    return calls, launch
+
+
+def compile_call(kernel, args, kwargs, arch):
+    """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    values = dict(zip(kernel.arg_names, args)) | kwargs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        value = values[name]
+        if name in kwargs:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + TYPES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are 16-byte aligned
+        elif isinstance(value, int):
+            signature[name] = "i32" if abs(value) < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            raise TypeError(f"kernels.benchmarks.gpu_compile: {kernel.__name__} argument {name} = {value!r}")
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                              options=options)
+    registers, stack = _resource_usage(compiled.asm["cubin"])
+    return compiled.metadata.shared, registers, stack
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    import triton
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        out = subprocess.run([str(cuobjdump), "-res-usage", file.name], capture_output=True, text=True,
+                             check=True).stdout
+    usage = next(line for line in out.splitlines() if "REG:" in line)
+    fields = dict(field.split(":") for field in usage.split())
+    return int(fields["REG"]), int(fields["STACK"])
+
+
+def report(arch: int, variants: dict[str, dict]) -> list[dict]:
+    from kernels.benchmarks.registry import SSD_GPU
+    from kernels.benchmarks.ssd import SWEEP_SHAPE
+
+    shape = dataclasses.replace(SSD_GPU[SWEEP_SHAPE], b=1, l=4096)
+    rows = []
+    for name, change in variants.items():
+        calls, launch = record_launches(shape, torch.bfloat16, change)
+        for phase, kernel, args, kwargs in calls:
+            shared, registers, stack = compile_call(kernel, args, dict(kwargs), arch)
+            rows.append(dict(launch=name, phase=phase, kernel=kernel.__name__, shared=shared, registers=registers,
+                             stack=stack, fits=shared <= MAX_SHARED[arch], warps=kwargs.get("num_warps", 4)))
+            print(f"  {name}: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def _field(change: str):
+    """'grad_Q=64' -> ('grad_Q', 64), checked against Launch's fields."""
+    from kernels.ssd.triton_chunked import Launch
+    name, _, value = change.partition("=")
+    fields = {f.name: f.type for f in dataclasses.fields(Launch)}
+    if name not in fields or not value:
+        raise SystemExit(f"kernels.benchmarks.gpu_compile: --change {change!r}: expected FIELD=VALUE with FIELD one of "
+                         f"{sorted(fields)}")
+    return name, int(value) if fields[name] is int else value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
+    parser.add_argument("--default-only", action="store_true", help="only default_launch")
+    parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
+                        help="one launch: default_launch with these Launch fields changed (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON (for tests), keep no file")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernels.benchmarks.gpu_compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    if args.change:
+        variants = {" ".join(args.change): dict(_field(change) for change in args.change)}
+    else:
+        from kernels.benchmarks.ssd import launch_variants
+        variants = {"default": {}} if args.default_only else launch_variants("bf16")
+    rows = report(args.arch, variants)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    header = ["launch", "pass", "kernel", "warps", "shared KB", f"fits sm_{args.arch}", "registers", "spill stack B/thread"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        f"| {r['launch']} | {r['phase']} | {r['kernel']} | {r['warps']} | {r['shared'] / 1024:.1f} | {'yes' if r['fits'] else 'NO'} "
+        f"| {r['registers']} | {r['stack']} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    import triton
+    command = "python -m kernels.benchmarks.gpu_compile " + " ".join(argv if argv is not None else sys.argv[1:])
+    day = datetime.date.today().isoformat()
+    path = args.out_dir / f"ssd_compile_sm{args.arch}_{day}.md"
+    path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: bf16 inputs, the launch sweep's shape "
+                    f"(L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
+                    f"- triton {triton.__version__}, torch {torch.__version__}\n\n"
+                    f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
