@@ -262,13 +262,12 @@ def launch_variants(dot16: str) -> dict[str, dict]:
     return {
         "default": {},
         "forward Q 32": dict(Q=32),
-        "gradients Q 16": dict(grad_Q=16),
-        "gradients Q 64": dict(grad_Q=64),
+        "gradients Q 32": dict(grad_Q=32),
         "T 128": dict(T=128),
         "gradient kernels 4 warps": dict(grad_warps=4),
         "gradients: 1 head per program": dict(heads_per_program=1),
         f"{dot16} operands": dict(prec=dot16),
-        f"{dot16} operands, forward Q 32": dict(prec=dot16, Q=32),
+        f"{dot16} operands, Q 32": dict(prec=dot16, Q=32, grad_Q=32),
     }
 
 

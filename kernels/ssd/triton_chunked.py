@@ -1,4 +1,4 @@
-"""Chunked SSD in Triton: five kernels under one autograd.Function, in mamba_ssm's chunk layout.
+"""Chunked SSD in Triton: seven kernels under one autograd.Function, in mamba_ssm's chunk layout.
 
 Per (batch, head) the sequence is cut into chunks of T tokens (T = chunk_size rounded down to a
 power of two, 16..256), and a chunk is worked on in tiles of Q tokens (Q <= 64, so that a (Q, Q)
@@ -24,11 +24,13 @@ kernels read its tiles instead of recomputing it per head.
               _chunk_output     y, one Q-row tile at a time                     (parallel over tiles)
     backward: _chunk_state      dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
               _state_scan       in reverse: dL/d(state leaving chunk c)
-              _chunk_grad_rows  dC, dL/dwin and cum's row terms, per Q-row tile
-              _chunk_grad_cols  dx, dB, dL/dwout, dL/ddt and cum's column terms, per Q-column tile
+              _chunk_grad_rows  dL/dwin and cum's row terms, per head and Q-row tile
+              _chunk_grad_C     dC, per block of a group's heads and Q-row tile
+              _chunk_grad_cols  dx, dL/dwout, dL/ddt and cum's column terms, per head and Q-column tile
+              _chunk_grad_B     dB, per block of a group's heads and Q-column tile
 
-The gradient kernels take a block of heads of one group per program and sum dB and dC over them in
-registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
+_chunk_grad_C and _chunk_grad_B take a block of heads of one group per program and sum dC and dB over
+them in registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
 tiles of one chunk next to each other, so that the state and inputs they share come from L2.
 States are kept once per chunk, in fp32; loads are cast to fp32 and every accumulation is fp32.
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
@@ -57,9 +59,9 @@ def _load_rows(ptr, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.co
 
 
 @triton.jit
-def _store_rows(ptr, value, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr):
+def _store_rows(ptr, value, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr, col0=0):
     t = t0 + tl.arange(0, Q)
-    cols = tl.arange(0, BW)
+    cols = col0 + tl.arange(0, BW)
     offs = ((i_b * l + t[:, None]) * heads + i_head) * width + cols[None, :]
     tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=(t[:, None] < l) & (cols[None, :] < width))
 
@@ -82,6 +84,13 @@ def _dot(a, b, PREC: tl.constexpr):
         return tl.dot(a.to(tl.float16), b.to(tl.float16))
     else:
         return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _head(i_bh, h, g, Lp):
+    """Program index over b*h -> batch, head, its group, and the offsets of its per-token and seq_idx rows."""
+    i_b, i_h = i_bh // h, i_bh % h
+    return i_b, i_h, i_h // (h // g), i_bh * Lp, i_b * Lp
 
 
 @triton.jit
@@ -108,14 +117,13 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
     """Grid (b*h, chunks, cdiv(N, BN)): out[c] = sum_{t in chunk c} wt_t u_t v_t^T, u (b, l, h, P) by head,
     v (b, l, g, N) by group, wt (b*h, Lp). Forward: (x, B, wout); backward: (dy, C, win)."""
     i_bh, c, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
+    i_b, i_h, i_g, tok, _ = _head(i_bh, h, g, Lp)
     acc = tl.zeros((BP, BN), tl.float32)
     for k in range(T // Q):
         t0 = c * T + k * Q
         u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
         v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
-        wt = tl.load(wt_ptr + i_bh * Lp + t0 + tl.arange(0, Q))
+        wt = tl.load(wt_ptr + tok + t0 + tl.arange(0, Q))
         acc += _dot(tl.trans(u * wt[:, None]), v, PREC)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
     tl.store(out_ptr + offs, acc, mask=mask)
@@ -155,9 +163,7 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
     """Grid (T // Q, b*h, chunks): rows m*Q.. of chunk c of y (the scan part, before D and z). The tiles of
     one chunk run next to each other, so the state and x tiles they share are read from L2."""
     m, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    i_b, i_h = i_bh // h, i_bh % h
-    i_g = i_h // (h // g)
-    tok, seq_row = i_bh * Lp, i_b * Lp
+    i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_m = c * T + m * Q + tl.arange(0, Q)
     C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
     cum_m = tl.load(cum_ptr + tok + t_m)
@@ -182,93 +188,135 @@ def _head_block(i_sp, h, g, HP: tl.constexpr):
     return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP, i_sp % (g * splits), g * splits
 
 
+# The backward's in-chunk work, in four kernels: per head, what sums over sources s <= t for each target row
+# t (_chunk_grad_rows) and over targets t >= s for each source column s (_chunk_grad_cols); summed over a
+# block of a group's heads, dC (rows) and dB (columns). Two would do (the first version of this layout), but
+# their accumulators spilled registers at Q 64, where Hopper's wgmma runs; each of these four holds one.
+# M_ts = (C_t . B_s) decay_ts dt_s and y_t = sum_s M_ts x_s; dM_ts = dy_t . x_s.
+
+
 @triton.jit
-def _chunk_grad_rows(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr,
-                     dC_ptr, dcum_ptr, dwin_ptr,
+def _chunk_grad_rows(dy_ptr, x_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, states_ptr, seq_ptr, dcum_ptr, dwin_ptr,
                      l, Lp, h, g, P, N, num_chunks,
-                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, b * g * splits, chunks): rows t of tile m, for HP heads of one group: what sums over
-    s <= t. dC_t summed over the HP heads (the host sums the splits), and per head dL/dwin_t and cum_t's
-    share of d exp(cum_t - cum_s)."""
+    """Grid (T // Q, b*h, chunks), rows t of tile m: dL/dwin_t = dy_t . S C_t, and cum_t's share of
+    d exp(cum_t - cum_s): sum_s dM_ts M_ts."""
+    m, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
+    t_m = c * T + m * Q + tl.arange(0, Q)
+    dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    S = tl.load(states_ptr + offs, mask=mask, other=0.0)
+    tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * _dot(C_m, tl.trans(S), PREC), 1))
+    cum_m = tl.load(cum_ptr + tok + t_m)
+    dcum = tl.zeros((Q,), tl.float32)
+    for k in range(0, m + 1):
+        t_k = c * T + k * Q + tl.arange(0, Q)
+        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+        M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+        dcum += tl.sum(_dot(dy_m, tl.trans(x_k), PREC) * M, 1)
+    tl.store(dcum_ptr + tok + t_m, dcum)
+
+
+@triton.jit
+def _chunk_grad_C(dy_ptr, x_ptr, B_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, dC_ptr,
+                  l, Lp, h, g, P, N, num_chunks,
+                  T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
+                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), rows t of tile m, columns of n tile i_n: dC_t = sum
+    over HP heads of win_t S^T dy_t + sum_s dM_ts decay_ts dt_s B_s (the host sums the splits)."""
     m, c = tl.program_id(0), tl.program_id(2)
-    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64), h, g, HP)
+    n_tiles = tl.cdiv(N, BN)
+    i_n = tl.program_id(1) % n_tiles
+    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64) // n_tiles, h, g, HP)
     seq_row = i_b * Lp
     t_m = c * T + m * Q + tl.arange(0, Q)
-    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
     dC = tl.zeros((Q, BN), tl.float32)
     for j in range(HP):
         i_h = head0 + j
         i_bh = i_b * h + i_h
         tok = i_bh * Lp
         dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
+        dC += _dot(dy_m, tl.load(states_ptr + offs, mask=mask, other=0.0), PREC) * \
+            tl.load(win_ptr + tok + t_m)[:, None]
         cum_m = tl.load(cum_ptr + tok + t_m)
-        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
-        S = tl.load(states_ptr + offs, mask=mask, other=0.0)
-        # The entering state's term win_t C_t . S.
-        tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * _dot(C_m, tl.trans(S), PREC), 1))
-        dC += _dot(dy_m, S, PREC) * tl.load(win_ptr + tok + t_m)[:, None]
-        # The in-chunk term: M_ts = (C_t . B_s) decay_ts dt_s, y_t = sum_s M_ts x_s.
-        dcum = tl.zeros((Q,), tl.float32)
         for k in range(0, m + 1):
             t_k = c * T + k * Q + tl.arange(0, Q)
-            B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
             x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
             decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
-            dM = _dot(dy_m, tl.trans(x_k), PREC)
-            dCB = dM * decay * tl.load(dt_ptr + tok + t_k)[None, :]
-            dcum += tl.sum(dCB * _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q), 1)
-            dC += _dot(dCB, B_k, PREC)
-        tl.store(dcum_ptr + tok + t_m, dcum)
-    _store_rows(dC_ptr, dC, i_b, slot, c * T + m * Q, l, slots, N, Q, BN)
+            dCB = _dot(dy_m, tl.trans(x_k), PREC) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+            dC += _dot(dCB, _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, i_n * BN), PREC)
+    _store_rows(dC_ptr, dC, i_b, slot, c * T + m * Q, l, slots, N, Q, BN, i_n * BN)
 
 
 @triton.jit
-def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr,
-                     dx_ptr, dB_ptr, ddt_ptr, dwout_ptr,
+def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr,
+                     dx_ptr, ddt_ptr, dwout_ptr,
                      l, Lp, h, g, P, N, num_chunks,
-                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
+                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                      HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, b * g * splits, chunks): columns s of tile k, for HP heads of one group: what sums
-    over t >= s. dB_s summed over the HP heads, and per head dx_s, dL/dwout_s and dL/ddt_s through M
-    (cum_s's share of d exp(cum_t - cum_s) is -dt_s times it)."""
+    """Grid (T // Q, b*h, chunks), columns s of tile k: dx_s = wout_s G B_s + sum_t M_ts dy_t, dL/dwout_s =
+    x_s . G B_s and dL/ddt_s through M, sum_t dM_ts (C_t . B_s) decay_ts (cum_s's share of d exp(cum_t - cum_s)
+    is -dt_s times it). G = dL/d(state leaving chunk c)."""
+    k, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
+    t_k = c * T + k * Q + tl.arange(0, Q)
+    x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+    B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
+    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
+    GB = _dot(B_k, tl.trans(tl.load(dleaving_ptr + offs, mask=mask, other=0.0)), PREC)  # (Q, BP): G B_s per row
+    tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
+    dx = GB * tl.load(wout_ptr + tok + t_k)[:, None]
+    cum_k = tl.load(cum_ptr + tok + t_k)
+    dt_k = tl.load(dt_ptr + tok + t_k)
+    ddt = tl.zeros((Q,), tl.float32)
+    for m in range(k, T // Q):
+        t_m = c * T + m * Q + tl.arange(0, Q)
+        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ))
+        CB_decay_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)) * decay_T
+        ddt += tl.sum(_dot(x_k, tl.trans(dy_m), PREC) * CB_decay_T, 1)
+        dx += _dot(CB_decay_T * dt_k[:, None], dy_m, PREC)
+    tl.store(ddt_ptr + tok + t_k, ddt)
+    _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
+
+
+@triton.jit
+def _chunk_grad_B(dy_ptr, x_ptr, C_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr, dB_ptr,
+                  l, Lp, h, g, P, N, num_chunks,
+                  T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
+                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), columns s of tile k, n tile i_n: dB_s = sum over
+    HP heads of wout_s G^T x_s + sum_t dM_ts decay_ts dt_s C_t (the host sums the splits)."""
     k, c = tl.program_id(0), tl.program_id(2)
-    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64), h, g, HP)
+    n_tiles = tl.cdiv(N, BN)
+    i_n = tl.program_id(1) % n_tiles
+    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64) // n_tiles, h, g, HP)
     seq_row = i_b * Lp
     t_k = c * T + k * Q + tl.arange(0, Q)
-    B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
     dB = tl.zeros((Q, BN), tl.float32)
     for j in range(HP):
         i_h = head0 + j
         i_bh = i_b * h + i_h
         tok = i_bh * Lp
         x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
+        dB += _dot(x_k, tl.load(dleaving_ptr + offs, mask=mask, other=0.0), PREC) * \
+            tl.load(wout_ptr + tok + t_k)[:, None]
         cum_k = tl.load(cum_ptr + tok + t_k)
         dt_k = tl.load(dt_ptr + tok + t_k)
-        wout_k = tl.load(wout_ptr + tok + t_k)
-        offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
-        G = tl.load(dleaving_ptr + offs, mask=mask, other=0.0)  # dL/d(state leaving chunk c)
-        # The leaving state's term wout_s x_s B_s^T.
-        GB = _dot(B_k, tl.trans(G), PREC)    # (Q, BP): G B_s per row
-        tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
-        dx = GB * wout_k[:, None]
-        dB += _dot(x_k, G, PREC) * wout_k[:, None]
-        # The in-chunk term, transposed: rows s, columns t.
-        ddt = tl.zeros((Q,), tl.float32)
         for m in range(k, T // Q):
             t_m = c * T + m * Q + tl.arange(0, Q)
-            C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
             dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
             decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row,
                                                HAS_SEQ))
-            CB_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q))
-            dM_T = _dot(x_k, tl.trans(dy_m), PREC)
-            ddt += tl.sum(dM_T * CB_T * decay_T, 1)
-            dx += _dot(CB_T * decay_T * dt_k[:, None], dy_m, PREC)
-            dB += _dot(dM_T * decay_T * dt_k[:, None], C_m, PREC)
-        tl.store(ddt_ptr + tok + t_k, ddt)
-        _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
-    _store_rows(dB_ptr, dB, i_b, slot, c * T + k * Q, l, slots, N, Q, BN)
+            dCB_T = _dot(x_k, tl.trans(dy_m), PREC) * decay_T * dt_k[:, None]
+            dB += _dot(dCB_T, _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN), PREC)
+    _store_rows(dB_ptr, dB, i_b, slot, c * T + k * Q, l, slots, N, Q, BN, i_n * BN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,10 +328,11 @@ class Launch:
     BP: int           # p and n padded to powers of two (>= 16): tiles hold whole rows
     BN: int
     BN_state: int     # _chunk_state splits n into tiles of this width
+    BN_grad: int      # and so do _chunk_grad_C and _chunk_grad_B
     scan_block: int   # _state_scan's elements per program
     warps: int        # the forward's tile kernels
     grad_warps: int   # the gradient kernels
-    heads_per_program: int  # the gradient kernels sum dB and dC over this many heads of a group in registers
+    heads_per_program: int  # _chunk_grad_C and _B sum dC and dB over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
 
     def __post_init__(self):
@@ -305,13 +354,12 @@ def default_launch(x, B, chunk_size) -> Launch:
     heads_per_group = x.shape[2] // B.shape[2]
     T = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
     tf32 = x.dtype != torch.float32
-    return Launch(T=T, BP=BP, BN=BN, BN_state=min(BN, 64), scan_block=1024,
-                  # Compiled for sm_90 (kernels.benchmarks.gpu_compile; p 64, n 128, bf16 inputs): the forward
-                  # kernels fit 4 warps' registers at Q 64 (the first version ran its forward 1.21x faster at
-                  # Q 64 than 32 on an H100); the gradient kernels spill at Q 32 with 4 warps (56 and 344 bytes
-                  # a thread), not with 8 (0 and 24), and at Q 64 even with 8 (304 and 1,072).
-                  Q=min(T, MAX_TILE), warps=4,
-                  grad_Q=min(T, 32 if BP * BN >= 64 * 128 else MAX_TILE), grad_warps=8,
+    return Launch(T=T, BP=BP, BN=BN, BN_state=min(BN, 64), BN_grad=min(BN, 64), scan_block=1024,
+                  # Compiled for sm_90 (make bench-compile; p 64, n 128, bf16 inputs): at Q 64 every product
+                  # is a Hopper wgmma (at Q 32, mma.sync); the forward kernels fit 4 warps' registers, the
+                  # gradient kernels spill at most 40 bytes a thread with 8 warps and none with bf16 operands.
+                  # The first version ran its forward 1.21x faster at Q 64 than at 32 on an H100.
+                  Q=min(T, MAX_TILE), warps=4, grad_Q=min(T, MAX_TILE), grad_warps=8,
                   # Per-head dB and dC in fp32 would be h / g times the size of B: 5.4 GB at L 64K, 80 heads.
                   heads_per_program=max(d for d in (1, 2, 4, 8) if heads_per_group % d == 0),
                   # fp32 inputs get exact fp32 dots; 16-bit inputs lose nothing measurable to tf32.
@@ -408,19 +456,20 @@ class SSDChunks(torch.autograd.Function):
                                          True, launch)
         ddecay = torch.einsum("bhcpn,bhcpn->bhc", dleaving, states)  # dL/d decay_c = <dL/dS_c+1, S_c>
         seq_ptr = seq if seq is not None else dt
+        f32 = dict(device=x.device, dtype=torch.float32)
+        args = dict(tiles, Q=launch.grad_Q, BN=launch.BN, HAS_SEQ=seq is not None, num_warps=launch.grad_warps)
+        per_head = (launch.T // launch.grad_Q, b * h, sizes[-1])
+        dcum, dwin, dx, ddt, dwout = (torch.empty_like(t) for t in (cum, win, x, dt, wout))
+        _chunk_grad_rows[per_head](dy, x, C, CB, dt, cum, states, seq_ptr, dcum, dwin, *sizes, **args)
+        _chunk_grad_cols[per_head](dy, x, B, CB, dt, cum, wout, dleaving, seq_ptr, dx, ddt, dwout, *sizes, **args)
         # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
         # heads, the host over the splits.
         splits = h // groups // launch.heads_per_program
-        grid = (launch.T // launch.grad_Q, b * groups * splits, sizes[-1])
-        f32 = dict(device=x.device, dtype=torch.float32)
-        kernel_args = dict(tiles, Q=launch.grad_Q, BN=launch.BN, HP=launch.heads_per_program, HAS_SEQ=seq is not None,
-                           num_warps=launch.grad_warps)
-        dC, dcum, dwin = torch.empty(b, l, groups * splits, n, **f32), torch.empty_like(cum), torch.empty_like(win)
-        _chunk_grad_rows[grid](dy, x, B, C, CB, dt, cum, win, states, seq_ptr, dC, dcum, dwin, *sizes, **kernel_args)
-        dx, dB = torch.empty_like(x), torch.empty(b, l, groups * splits, n, **f32)
-        ddt, dwout = torch.empty_like(dt), torch.empty_like(wout)
-        _chunk_grad_cols[grid](dy, x, B, C, CB, dt, cum, wout, dleaving, seq_ptr, dx, dB, ddt, dwout, *sizes,
-                               **kernel_args)
+        summed = (launch.T // launch.grad_Q, b * groups * splits * triton.cdiv(n, launch.BN_grad), sizes[-1])
+        dC, dB = (torch.empty(b, l, groups * splits, n, **f32) for _ in range(2))
+        args_summed = dict(args, BN=launch.BN_grad, HP=launch.heads_per_program)
+        _chunk_grad_C[summed](dy, x, B, dt, cum, win, states, seq_ptr, dC, *sizes, **args_summed)
+        _chunk_grad_B[summed](dy, x, C, dt, cum, wout, dleaving, seq_ptr, dB, *sizes, **args_summed)
         # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
         dcum -= ddt * dt
         dB = dB.view(b, l, groups, splits, n).sum(3).to(B.dtype)

@@ -63,10 +63,11 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [dict(T=32, Q=16, grad_Q=16),
-                                    dict(T=64, Q=16, grad_Q=32, BN_state=16, scan_block=128, heads_per_program=2),
-                                    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1)],
-                         ids=["two_tiles_per_chunk", "four_tiles_two_head_splits", "two_wide_tiles_per_head"])
+@pytest.mark.parametrize("change", [
+    dict(T=32, Q=16, grad_Q=16),
+    dict(T=64, Q=16, grad_Q=32, BN_state=16, BN_grad=16, scan_block=128, heads_per_program=2),
+    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1),
+], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
     """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
     T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
@@ -98,10 +99,10 @@ def test_triton_16bit_dot_operands(nan_filled_allocations):
 def test_triton_launch_rejects_what_does_not_divide():
     from kernels.ssd.triton_chunked import Launch, ssd_scan_triton
     with pytest.raises(ValueError, match="Q = 64, T = 32"):
-        Launch(T=32, Q=64, grad_Q=32, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, grad_warps=4,
+        Launch(T=32, Q=64, grad_Q=32, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
                heads_per_program=1, prec="ieee")
     kw = make_inputs(Case("three_heads_per_group", b=1, l=5, h=3, g=1, p=16), torch.float32, DEVICE)
-    launch = Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, scan_block=256, warps=4, grad_warps=4,
+    launch = Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
                     heads_per_program=2, prec="ieee")
     with pytest.raises(ValueError, match="heads_per_program = 2, expected a divisor of the heads per group, 3"):
         ssd_scan_triton(**kw, launch=launch)
