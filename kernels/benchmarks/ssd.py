@@ -303,6 +303,9 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
                 print(f"  {name} {mode}: {error}", file=sys.stderr)
         print(f"  {shape.name} {launch}: {seconds[name]} rel. max diff {err:.1e}", file=sys.stderr)
 
+        if name == "default":
+            print_kernel_times(runner(fn, inputs, "fwd+bwd"), device)
+
         def cell(mode, speedup=False):
             t, t0 = seconds[name].get(mode), seconds["default"].get(mode)
             if t is None:
@@ -312,6 +315,22 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     header = [f"launch ({shape.name}, default {base})"] + [f"{m} ms" for m in MODES] + [
         f"{m} speedup vs default" for m in MODES] + ["y max diff vs default (relative)"]
     return header, rows
+
+
+def print_kernel_times(run, device):
+    """Where one forward + backward spends its time, kernel by kernel (torch.profiler), to stderr: the
+    next tuning step starts from the slowest kernel."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+    try:
+        with profile(activities=activities) as prof:
+            run()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=20), file=sys.stderr)
+    except Exception as error:  # a profiler that fails must not cost the sweep's timings
+        print(f"kernels.benchmarks.ssd: no kernel times ({type(error).__name__}: {error})", file=sys.stderr)
 
 
 def _gpu_cell(p, copy_bw):
