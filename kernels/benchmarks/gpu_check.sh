@@ -33,9 +33,11 @@ export PYTHONUNBUFFERED=1
 # 1. The gpu tier: fp32/fp16/bf16 vs the naive recurrence, vs mamba_chunk_scan_combined, and the
 #    Mamba-2 LM training on the Triton scan as on the torch one.
 status=0
-# Triton compiling on a cold cache is most of this step (the first run gave 6 tests 130 s): 4 workers
-# compile in parallel. SIGINT at the limit: pytest still prints what failed so far and why.
-timeout -s INT 200 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/common/test_mamba2.py -m gpu -n 4 \
+# Compiling on a cold cache (ours, and mamba_ssm's autotuned kernels) is most of this step: the first run
+# gave 6 tests 130 s. pytest-xdist's workers, where installed, compile in parallel. SIGINT at the limit:
+# pytest still prints what failed so far and why.
+workers=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 4" || true)
+timeout -s INT 200 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/common/test_mamba2.py -m gpu $workers \
     -v --tb=short -rfEs --durations=10 -p no:cacheprovider -o addopts="" --import-mode=importlib 2>&1 \
     | tee "$OUT/gpu_tests.txt" || status=$?
 

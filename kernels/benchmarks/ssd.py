@@ -72,7 +72,7 @@ def implementation(name: str, shape: SSDShape):
     if name in ("torch", "naive", "triton"):
         return lambda x, dt, A, B, C, D, dt_bias: ssd_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
                                                            dt_softplus=True, backend=name)
-    if name == "triton_bf16_operands":  # the default launch with its products on 16-bit operands
+    if name == "triton_bf16_operands":  # the default launch, products on bf16 operands (fp16 in the interpreter)
         from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
 
         def bf16_operands(x, dt, A, B, C, D, dt_bias):

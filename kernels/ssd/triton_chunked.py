@@ -32,7 +32,8 @@ kernels read its tiles instead of recomputing it per head.
 _chunk_grad_C and _chunk_grad_B take a block of heads of one group per program and sum dC and dB over
 them in registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
 tiles of one chunk next to each other, so that the state and inputs they share come from L2.
-States are kept once per chunk, in fp32; loads are cast to fp32 and every accumulation is fp32.
+States are kept once per chunk, in fp32; loads are cast to fp32, products take fp32 operands (tf32 or
+exact) or 16-bit ones (`Launch.prec`), and every accumulation is fp32.
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/README.md).
 """
