@@ -217,25 +217,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(unchecked_gradients, mo
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["none", "ma_gc"])
-def test_triton_scan_trains_like_the_torch_scan_on_cuda(mode):
-    """At real head sizes (p 64, n 128, chunk 256) on CUDA, the LM on the Triton scan has the torch scan's
-    loss and gradients, also when MA-GC recomputes it from states cut every 256 of 1000 tokens."""
-    base = dict(d_model=256, n_layer=3, vocab_size=256, d_state=128, headdim=64, ngroups=1, chunk_size=256,
-                gradient_checkpointing=mode, ma_gc_l=2, ma_gc_s=256)
+def _triton_vs_torch_scan(base, length, device):
+    """Loss and gradients of the LM on the Triton scan against the torch scan, same weights and inputs."""
     torch.manual_seed(0)
     weights = Mamba2LM(Mamba2Config(**base, ssd_backend="torch")).state_dict()
-    x, labels = torch.randn(2, 1000, 256, device="cuda"), torch.randint(0, 256, (2, 1000), device="cuda")
+    x = torch.randn(2, length, base["d_model"], device=device)
+    labels = torch.randint(0, base["vocab_size"], (2, length), device=device)
     results = {}
     for backend in ("torch", "triton"):
-        cfg = Mamba2Config(**base, ssd_backend=backend)
-        with torch.device("cuda"):
-            results[backend] = _grads(cfg, weights, x, labels)
+        with torch.device(device):
+            results[backend] = _grads(Mamba2Config(**base, ssd_backend=backend), weights, x, labels)
     (loss, grads), (loss_ref, grads_ref) = results["triton"], results["torch"]
     torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-5)
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["none", "ma_gc"])
+def test_triton_scan_trains_like_the_torch_scan(mode):
+    """The LM on the Triton scan (the interpreter, tiny sizes) has the torch scan's loss and gradients, also when
+    MA-GC recomputes it from states cut every 16 of 50 tokens."""
+    _triton_vs_torch_scan(dict(d_model=32, n_layer=3, vocab_size=64, d_state=16, headdim=16, ngroups=1,
+                               chunk_size=16, gradient_checkpointing=mode, ma_gc_l=2, ma_gc_s=16), 50, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["none", "ma_gc"])
+def test_triton_scan_trains_like_the_torch_scan_on_cuda(mode):
+    """The same at real head sizes (p 64, n 128, chunk 256) on CUDA, MA-GC cutting states every 256 of 1000."""
+    _triton_vs_torch_scan(dict(d_model=256, n_layer=3, vocab_size=256, d_state=128, headdim=64, ngroups=1,
+                               chunk_size=256, gradient_checkpointing=mode, ma_gc_l=2, ma_gc_s=256), 1000, "cuda")
 
 
 def test_ma_gc_grid_and_state_gradients_across_pieces():
