@@ -14,6 +14,7 @@ and cuobjdump reads the registers and stack of the cubin. Must run without TRITO
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -31,9 +32,9 @@ MAX_SHARED = {80: 166912, 90: 232448}
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
 
 
-def record_launches(shape, dtype, launch_change):
+def record_launches(shape, dtype, launch_change, packed=False):
     """Run the Triton scan's forward and backward with every kernel launch recorded, not run:
-    ([(pass, kernel, args, kwargs)] in launch order, the Launch used)."""
+    ([(pass, kernel, args, kwargs)] in launch order, the Launch used). packed: with seq_idx (two sequences)."""
     from kernels.benchmarks.ssd import make_inputs
     from kernels.ssd import triton_chunked as tc
 
@@ -53,8 +54,10 @@ def record_launches(shape, dtype, launch_change):
         inputs = make_inputs(shape, dtype, "cpu")
         launch = dataclasses.replace(tc.default_launch(inputs["x"], inputs["B"], shape.chunk), **launch_change)
         leaves = {k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        seq_idx = (torch.arange(shape.l) >= shape.l // 3).to(torch.int32).expand(shape.b, -1) if packed else None
         y = tc.ssd_scan_triton(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], shape.chunk,
-                               D=leaves["D"], dt_bias=leaves["dt_bias"], dt_softplus=True, launch=launch)
+                               D=leaves["D"], dt_bias=leaves["dt_bias"], dt_softplus=True, seq_idx=seq_idx,
+                               launch=launch)
         phase[0] = "backward"
         y.float().sum().backward()
     finally:
@@ -104,19 +107,22 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return int(fields["REG"]), int(fields["STACK"])
 
 
-def report(arch: int, variants: dict[str, dict]) -> list[dict]:
+def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False,)) -> list[dict]:
+    """Every kernel of every variant's forward and backward, for each input dtype, with and without seq_idx."""
     from kernels.benchmarks.registry import SSD_GPU
     from kernels.benchmarks.ssd import SWEEP_SHAPE
 
     shape = dataclasses.replace(SSD_GPU[SWEEP_SHAPE], b=1, l=4096)
+    dtype_of = {name: dtype for dtype, name in TYPES.items()}
     rows = []
-    for name, change in variants.items():
-        calls, launch = record_launches(shape, torch.bfloat16, change)
+    for dtype, with_seq, (name, change) in itertools.product(dtypes, packed, variants.items()):
+        label = name + (f", {dtype}" if dtypes != ("bf16",) else "") + (", seq_idx" if with_seq else "")
+        calls, launch = record_launches(shape, dtype_of[dtype], change, with_seq)
         for phase, kernel, args, kwargs in calls:
             shared, registers, stack = compile_call(kernel, args, dict(kwargs), arch)
-            rows.append(dict(launch=name, phase=phase, kernel=kernel.__name__, shared=shared, registers=registers,
+            rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, shared=shared, registers=registers,
                              stack=stack, fits=shared <= MAX_SHARED[arch], warps=kwargs.get("num_warps", 4)))
-            print(f"  {name}: {rows[-1]}", file=sys.stderr)
+            print(f"  {label}: {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -137,6 +143,9 @@ def main(argv=None):
     parser.add_argument("--default-only", action="store_true", help="only default_launch")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="one launch: default_launch with these Launch fields changed (repeatable)")
+    parser.add_argument("--dtype", action="append", choices=("bf16", "fp16", "fp32"),
+                        help="input dtype (repeatable; default bf16)")
+    parser.add_argument("--seq-idx", choices=("no", "yes", "both"), default="no", help="packed sequences")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON (for tests), keep no file")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -147,7 +156,8 @@ def main(argv=None):
     else:
         from kernels.benchmarks.ssd import launch_variants
         variants = {"default": {}} if args.default_only else launch_variants("bf16")
-    rows = report(args.arch, variants)
+    packed = {"no": (False,), "yes": (True,), "both": (False, True)}[args.seq_idx]
+    rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
     if args.json:
         print(json.dumps(rows))
         return

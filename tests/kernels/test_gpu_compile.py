@@ -24,7 +24,11 @@ def compile_for_sm90(*args):
 
 
 def test_default_launch_compiles_for_sm90_and_fits_its_shared_memory():
-    rows = compile_for_sm90("--default-only")
+    # Every input dtype the gpu tier runs, with and without seq_idx: a kernel that fails to compile there
+    # would cost a GPU session's few minutes to find.
+    rows = compile_for_sm90("--default-only", "--dtype", "bf16", "--dtype", "fp16", "--dtype", "fp32",
+                            "--seq-idx", "both")
+    assert len({row["launch"] for row in rows}) == 6
     assert {row["kernel"] for row in rows} == set(KERNELS)  # forward and backward: every kernel launched
     assert [row for row in rows if not row["fits"]] == []
 
