@@ -161,10 +161,12 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows))
         return
-    header = ["launch", "pass", "kernel", "warps", "shared KB", f"fits sm_{args.arch}", "registers", "spill stack B/thread"]
+    header = ["launch", "pass", "kernel", "warps", "shared KB", f"fits sm_{args.arch}", "registers",
+              "spill stack B/thread"]
+    cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], f"{r['shared'] / 1024:.1f}", "yes" if r["fits"] else "NO",
+              r["registers"], r["stack"]] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        f"| {r['launch']} | {r['phase']} | {r['kernel']} | {r['warps']} | {r['shared'] / 1024:.1f} | {'yes' if r['fits'] else 'NO'} "
-        f"| {r['registers']} | {r['stack']} |" for r in rows]
+        "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)
     print(table)
     import triton
