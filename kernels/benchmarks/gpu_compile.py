@@ -163,8 +163,8 @@ def main(argv=None):
         return
     header = ["launch", "pass", "kernel", "warps", "shared KB", f"fits sm_{args.arch}", "registers",
               "spill stack B/thread"]
-    cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], f"{r['shared'] / 1024:.1f}", "yes" if r["fits"] else "NO",
-              r["registers"], r["stack"]] for r in rows]
+    cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], f"{r['shared'] / 1024:.1f}",
+              "yes" if r["fits"] else "NO", r["registers"], r["stack"]] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)
