@@ -38,7 +38,7 @@ def process_dt(dt, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf"))
 def gate_output(y, x, D=None, z=None):
     """y (b, l, h, p) scan output -> (y + D * x) * silu(z); D (h,) or (h, p), z like x."""
     if D is not None:
-        y = y + x * (D[:, None] if D.dim() == 1 else D).to(y.dtype)
+        y = torch.addcmul(y, x, (D[:, None] if D.dim() == 1 else D).to(y.dtype))  # one pass over y, not two
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     return y

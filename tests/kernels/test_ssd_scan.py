@@ -36,6 +36,20 @@ def test_torch_fp32_matches_naive_fp64(case):
     compare(case, "torch", torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL_FP64), (torch.float32, TOL_FP32)], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_torch_without_autograd_matches_naive(case, dtype, tol):
+    """Under no_grad the torch backend runs its chunk-by-chunk path: the same y and final state."""
+    ref_kw = make_inputs(case, torch.float64)
+    kw = make_inputs(case, dtype)
+    with torch.no_grad():
+        y_ref, f_ref = ssd_scan(**ref_kw, return_final_states=True, backend="naive")
+        y, f = ssd_scan(**kw, return_final_states=True, backend="torch")
+    assert y.dtype == dtype and not y.requires_grad
+    assert_close(y, y_ref, tol, f"{case.name}: y")
+    assert_close(f, f_ref, tol, f"{case.name}: final_states")
+
+
 def test_chunk_size_does_not_change_the_result():
     kw = make_inputs(Case("chunks", l=45, seq_idx=True))
     outs = [ssd_scan(**{**kw, "chunk_size": q}, backend="torch", return_final_states=True) for q in (1, 4, 16, 64)]
