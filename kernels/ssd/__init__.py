@@ -10,7 +10,6 @@ otherwise; logs once which one ran).
 """
 import logging
 
-import torch
 
 from kernels.ssd.naive import ssd_scan_naive
 from kernels.ssd.step import ssd_step_torch
