@@ -10,7 +10,6 @@ otherwise; logs once which one ran).
 """
 import logging
 
-
 from kernels.ssd.naive import ssd_scan_naive
 from kernels.ssd.step import ssd_step_torch
 from kernels.ssd.torch_chunked import ssd_scan_torch
