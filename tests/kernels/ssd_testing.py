@@ -4,7 +4,6 @@ import dataclasses
 import torch
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Normwise:
     """A tolerance against the reference's scale rather than element by element: after 16-bit rounding

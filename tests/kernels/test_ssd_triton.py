@@ -63,19 +63,6 @@ def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("change", [
-    dict(T=32, Q=16, grad_Q=16),
-    dict(T=64, Q=16, grad_Q=32, BN_state=16, BN_grad=16, scan_block=128, heads_per_program=2),
-    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1),
-], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head"])
-def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
-    """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
-    T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
-    ways, against the naive recurrence, forward and backward."""
-    case = Case("launch", b=2, l=77, h=4, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
-    compare_launch_to_naive(case, torch.float32, change, TOL_FP32, TOL_FP32_GRAD)
-
-
 def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
     """ssd_scan_triton under default_launch with `change`, against the naive recurrence on the same inputs in fp64."""
     from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
@@ -87,6 +74,19 @@ def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
     assert_close(f, f_ref, tol, "final_states")
     for name in g_ref:
         assert_close(grads[name], g_ref[name], tol_grad, f"d{name}")
+
+
+@pytest.mark.parametrize("change", [
+    dict(T=32, Q=16, grad_Q=16),
+    dict(T=64, Q=16, grad_Q=32, BN_state=16, BN_grad=16, scan_block=128, heads_per_program=2),
+    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1),
+], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head"])
+def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
+    """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
+    T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
+    ways, against the naive recurrence, forward and backward."""
+    case = Case("launch", b=2, l=77, h=4, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
+    compare_launch_to_naive(case, torch.float32, change, TOL_FP32, TOL_FP32_GRAD)
 
 
 def test_triton_16bit_dot_operands(nan_filled_allocations):
