@@ -181,12 +181,15 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
 
 
 @triton.jit
-def _head_block(i_sp, h, g, HP: tl.constexpr):
-    """Program index over (b, g, splits), each split HP heads of one group -> batch, group, the split's
-    first head, and its slot in a (b, l, g * splits, n) buffer of per-split sums."""
+def _head_block(i_pid, h, g, N, BN: tl.constexpr, HP: tl.constexpr):
+    """Program index over (b, g, splits, n tiles), each split HP heads of one group -> batch, group, the
+    split's first head, its slot in a (b, l, g * splits, n) buffer of per-split sums, the slot count, and
+    the n tile."""
+    n_tiles = tl.cdiv(N, BN)
+    i_sp, i_n = i_pid // n_tiles, i_pid % n_tiles
     splits = (h // g) // HP
     i_b, i_g = i_sp // (g * splits), (i_sp // splits) % g
-    return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP, i_sp % (g * splits), g * splits
+    return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP, i_sp % (g * splits), g * splits, i_n
 
 
 # The backward's in-chunk work, in four kernels: per head, what sums over sources s <= t for each target row
@@ -230,9 +233,7 @@ def _chunk_grad_C(dy_ptr, x_ptr, B_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
     """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), rows t of tile m, columns of n tile i_n: dC_t = sum
     over HP heads of win_t S^T dy_t + sum_s dM_ts decay_ts dt_s B_s (the host sums the splits)."""
     m, c = tl.program_id(0), tl.program_id(2)
-    n_tiles = tl.cdiv(N, BN)
-    i_n = tl.program_id(1) % n_tiles
-    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64) // n_tiles, h, g, HP)
+    i_b, i_g, head0, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
     seq_row = i_b * Lp
     t_m = c * T + m * Q + tl.arange(0, Q)
     dC = tl.zeros((Q, BN), tl.float32)
@@ -294,9 +295,7 @@ def _chunk_grad_B(dy_ptr, x_ptr, C_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr,
     """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), columns s of tile k, n tile i_n: dB_s = sum over
     HP heads of wout_s G^T x_s + sum_t dM_ts decay_ts dt_s C_t (the host sums the splits)."""
     k, c = tl.program_id(0), tl.program_id(2)
-    n_tiles = tl.cdiv(N, BN)
-    i_n = tl.program_id(1) % n_tiles
-    i_b, i_g, head0, slot, slots = _head_block(tl.program_id(1).to(tl.int64) // n_tiles, h, g, HP)
+    i_b, i_g, head0, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
     seq_row = i_b * Lp
     t_k = c * T + k * Q + tl.arange(0, Q)
     dB = tl.zeros((Q, BN), tl.float32)
