@@ -67,7 +67,8 @@ def record_launches(shape, dtype, launch_change, packed=False):
 
 
 def compile_call(kernel, args, kwargs, arch):
-    """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread)."""
+    """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread, the matrix
+    instruction its products became: "wgmma" (Hopper's), "mma.sync" (Ampere's) or "-" (FMA units))."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -91,7 +92,9 @@ def compile_call(kernel, args, kwargs, arch):
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                               options=options)
     registers, stack = _resource_usage(compiled.asm["cubin"])
-    return compiled.metadata.shared, registers, stack
+    ptx = compiled.asm["ptx"]
+    mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
+    return compiled.metadata.shared, registers, stack, mma
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
@@ -119,9 +122,10 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
         label = name + (f", {dtype}" if dtypes != ("bf16",) else "") + (", seq_idx" if with_seq else "")
         calls, launch = record_launches(shape, dtype_of[dtype], change, with_seq)
         for phase, kernel, args, kwargs in calls:
-            shared, registers, stack = compile_call(kernel, args, dict(kwargs), arch)
-            rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, shared=shared, registers=registers,
-                             stack=stack, fits=shared <= MAX_SHARED[arch], warps=kwargs.get("num_warps", 4)))
+            shared, registers, stack, mma = compile_call(kernel, args, dict(kwargs), arch)
+            rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
+                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch],
+                             warps=kwargs.get("num_warps", 4)))
             print(f"  {label}: {rows[-1]}", file=sys.stderr)
     return rows
 
@@ -161,9 +165,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows))
         return
-    header = ["launch", "pass", "kernel", "warps", "shared KB", f"fits sm_{args.arch}", "registers",
+    header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
               "spill stack B/thread"]
-    cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], f"{r['shared'] / 1024:.1f}",
+    cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
               "yes" if r["fits"] else "NO", r["registers"], r["stack"]] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]

@@ -30,7 +30,8 @@ from kernels.ssd.naive import compute_dtype, gate_output, process_dt
 MAX_CHUNK = 64
 # Without autograd, inputs of at least this many elements (x.numel()) go chunk by chunk: at b 4, l 1500,
 # h 8, p 32 (1.5M) it was 1.1-1.2x faster than the batched form on this CPU, at b 2, l 4096, h 8, p 64 1.15x
-# (one thread) to 1.6x (two); at b 1, l 300 (77K) its per-chunk Python overhead made it 1.2-1.8x slower.
+# (one thread) to 1.6x (two); at b 1, l 300 (77K) its per-chunk Python overhead made it 1.2-1.8x slower
+# (a side-by-side run while writing it, not a kept benchmark; `make bench` keeps B2_L4096).
 CHUNK_BY_CHUNK_MIN_NUMEL = 1 << 20
 
 

@@ -361,7 +361,8 @@ def default_launch(x, B, chunk_size) -> Launch:
                   # is a Hopper wgmma (at Q 32, mma.sync); the forward kernels fit 4 warps' registers, the
                   # gradient kernels spill at most 40 bytes a thread with 8 warps and none with bf16 operands.
                   # The first version ran its forward 1.21x faster at Q 64 than at 32 on an H100. Exact fp32
-                  # products run on FMA units, where big tiles gain nothing and spilled (1.9 KB a thread).
+                  # products run on FMA units, where big tiles gain nothing and spilled 1.9 KB a thread (`python
+                  # -m kernels.benchmarks.gpu_compile --dtype fp32 --change Q=64 --change grad_Q=64`).
                   Q=min(T, tile), warps=4, grad_Q=min(T, tile), grad_warps=8,
                   # Per-head dB and dC in fp32 would be h / g times the size of B: 5.4 GB at L 64K, 80 heads.
                   heads_per_program=max(d for d in (1, 2, 4, 8) if heads_per_group % d == 0),
