@@ -8,8 +8,9 @@
 Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); the
 fastest, not the median, because a shared CPU machine only ever adds time. On the CPU
 the fast implementations are timed interleaved in one process so that outside load hits
-them alike; the naive recurrence runs `--naive-reps` times, without warm-up, in its own
-process (it takes minutes). Denormal floats are flushed to zero, as in CPU training.
+them alike; the naive recurrence runs in its own process without warm-up, its forward 3 times
+(a first run came out up to 3x slower than the next) and its forward+backward once (it takes
+minutes; `--naive-reps` sets both). Denormal floats are flushed to zero, as in CPU training.
 Memory, CPU: every (implementation, shape, mode) point runs once in a fresh process; we
 read the process's resident set after building the inputs, reset the kernel's peak-RSS
 mark (/proc/self/clear_refs), run, and report VmHWM minus that baseline: the extra
@@ -185,7 +186,8 @@ def cpu_suite(reps: int, naive_reps: int, threads: int) -> tuple[list[str], list
                     best[i] = min(best[i], timed(run, 1, warmup=False))
             point = {i: dict(seconds=best[i], peak_mib=_fresh_process_point(i, shape_name, mode, 1, threads)["peak_mib"])
                      for i in fast}
-            point["naive"] = _fresh_process_point("naive", shape_name, mode, naive_reps, threads)
+            naive_runs = naive_reps or {"fwd": 3, "fwd+bwd": 1}[mode]
+            point["naive"] = _fresh_process_point("naive", shape_name, mode, naive_runs, threads)
             print(f"  {shape_name} {mode}: {point}", file=sys.stderr)
             ours = point["torch"]
             rows.append([shape_name, mode]
@@ -363,7 +365,7 @@ def main(argv=None):
     parser.add_argument("--suite", choices=("cpu", "gpu", "launch"))
     parser.add_argument("--tiny", action="store_true", help="gpu suite on interpreter-sized shapes")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--naive-reps", type=int, default=1)
+    parser.add_argument("--naive-reps", type=int, default=None, help="default: 3 forward, 1 forward+backward")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)

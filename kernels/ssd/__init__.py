@@ -89,7 +89,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
             log.info("kernels.ssd.ssd_scan: backend 'auto' runs '%s' for %s tensors", backend, x.device.type)
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, initial_states=initial_states, seq_idx=seq_idx,
                   dt_softplus=dt_softplus, dt_limit=tuple(dt_limit), return_final_states=return_final_states)
-    if backend == "naive":
+    if backend == "naive" or x.shape[1] == 0:  # an empty sequence has no chunks: the recurrence's zero steps
         return ssd_scan_naive(x, dt, A, B, C, chunk_size, **kwargs)
     if backend == "torch":
         return ssd_scan_torch(x, dt, A, B, C, chunk_size, **kwargs)

@@ -14,8 +14,9 @@ is the input's own memory layout; only the quadratic in-chunk product needs a pe
 layout, and it gets one copy of x.
 
 Two forms of the same scan: with autograd, whole-sequence tensor ops (`_scan_for_autograd`);
-without (evaluation, the benchmark's forward) and on large inputs, a loop that finishes one chunk
-before the next (`_scan_chunk_by_chunk`), whose intermediates stay in cache.
+without (evaluation, prefill, the benchmark's forward), a loop that finishes one chunk before the
+next (`_scan_chunk_by_chunk`), whose intermediates stay in cache and which factorises the in-chunk
+decay so that it too is one product per group, with no per-head (Q, Q) matrix.
 """
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,10 @@ from kernels.ssd.naive import compute_dtype, gate_output, process_dt
 # while writing this backend, not a kept benchmark). Larger requested chunks run as several
 # of this size, which changes nothing beyond rounding.
 MAX_CHUNK = 64
-# Without autograd, inputs of at least this many elements (x.numel()) go chunk by chunk: at b 4, l 1500,
-# h 8, p 32 (1.5M) it was 1.1-1.2x faster than the batched form on this CPU, at b 2, l 4096, h 8, p 64 1.15x
-# (one thread) to 1.6x (two); at b 1, l 300 (77K) its per-chunk Python overhead made it 1.2-1.8x slower
-# (a side-by-side run while writing it, not a kept benchmark; `make bench` keeps B2_L4096).
-CHUNK_BY_CHUNK_MIN_NUMEL = 1 << 20
+# Chunk by chunk, the in-chunk product rescales each token by exp(+-rel), rel its log decay since its chunk's
+# first token; |rel| <= 60 keeps exp(rel) in [1e-26, 1e26], far inside fp32's range (about 1e+-38) for
+# any dt * x below 1e12. A chunk ends early where a head would pass it.
+MAX_SPAN = 60.0
 
 
 def _segment_masks(seq_idx, l, num_chunks, chunk):
@@ -65,10 +65,9 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
     Q = min(chunk_size, MAX_CHUNK)
     needs_graph = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, initial_states))
-    by_chunk = not needs_graph and x.numel() >= CHUNK_BY_CHUNK_MIN_NUMEL
-    scan = _scan_chunk_by_chunk if by_chunk else _scan_for_autograd
+    scan = _scan_for_autograd if needs_graph else _scan_chunk_by_chunk
     y, state = scan(x, dt, A, B, C, Q, initial_states, seq_idx, dtype)
-    y = gate_output(y, x.to(dtype), D, z).to(x.dtype)
+    y = gate_output(y, x.to(dtype), D, z, in_place=not needs_graph).to(x.dtype)
     return (y, state) if return_final_states else y
 
 
@@ -138,47 +137,83 @@ def _scan_for_autograd(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     return y.reshape(b, c * Q, h, p)[:, :l], state.reshape(b, h, p, n)
 
 
+def _chunk_starts(cum, Q):
+    """The first token of each chunk, for the chunk-by-chunk scan; cum (b, l, h) is the cumulative log decay
+    in fp64. Every Q tokens, except that a chunk ends before a token whose decay (or growth) since the
+    chunk's first token passes exp(MAX_SPAN) in some head."""
+    l = cum.shape[1]
+    grid = list(range(0, l, Q))
+    first = torch.arange(l, device=cum.device) // Q * Q
+    if (cum - cum[:, first]).abs().max() <= MAX_SPAN:   # the usual case: no head decays that fast
+        return grid
+    starts = [0]
+    while True:
+        s = starts[-1]
+        too_far = (cum[:, s:s + Q] - cum[:, s:s + 1]).abs().amax(dim=(0, 2)) > MAX_SPAN
+        s += int(F.pad(too_far, (0, 1), value=True).byte().argmax())   # the first token too far, or Q on
+        if s >= l:
+            return starts
+        starts.append(s)
+
+
 def _scan_chunk_by_chunk(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     """The same scan without autograd (evaluation, generation's prefill, the benchmark's forward): one chunk
-    at a time, so that every intermediate is a chunk-sized tile that stays in cache. The batched form writes
-    and reads a sequence-long tensor at each elementwise step, and those passes were ~60% of its forward
-    on a CPU. Same arguments and results as _scan_for_autograd."""
+    at a time, so that every intermediate is a chunk-sized tile that stays in cache. Same arguments and
+    results as _scan_for_autograd.
+
+    It has no per-head (Q, Q) decay matrix: exp(cum_q - cum_s) = exp(rel_q) exp(-rel_s), with rel the log
+    decay since the chunk's first token, so the in-chunk product becomes exp(rel_q) * (C.B masked) @
+    (exp(-rel_s) dt_s x_s), one (q, q) @ (q, r p) product per group, like the two state products, and
+    every step stays in the input's (token, head, p) layout. The factorisation needs exp(+-rel) inside
+    fp32's range, which is where _chunk_starts cuts the chunks."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
     x, B, C = x.to(dtype), B.to(dtype), C.to(dtype)
-    log_decay = dt * A.to(dtype)                             # (b, l, h)
+
+    # Per-token weights for the whole sequence, (b, l, h); the loop below only slices them.
+    log_decay = dt * A.to(dtype)
+    cum = log_decay.cumsum(1, dtype=torch.float64)           # fp64: chunks subtract it at their first token
+    starts = _chunk_starts(cum, Q)
+    lengths = [end - start for start, end in zip(starts, starts[1:] + [l])]
+    first = torch.tensor(starts, dtype=torch.long, device=x.device).repeat_interleave(
+        torch.tensor(lengths, dtype=torch.long, device=x.device))
+    rel = (cum - cum[:, first]).to(dtype)                    # log decay since the token's chunk's first token
+    grow = rel.exp()                                         # what an output is scaled by
+    src = dt * (-rel).exp()                                  # what a source token is scaled by
+    enter = log_decay[:, starts].exp()                       # (b, c, h): the entering state through token 0
+    leave = grow[:, [start + q - 1 for start, q in zip(starts, lengths)]]   # (b, c, h): token 0 to the end
+
     y = x.new_empty(b, l, h, p)
-    state = (x.new_zeros(b, g, r, p, n) if initial_states is None
-             else initial_states.to(dtype).reshape(b, g, r, p, n))
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    if seq_idx is not None:
-        same, from_prev, end_same = _segment_masks(seq_idx, l, -(-l // Q), Q)
-    for k, start in enumerate(range(0, l, Q)):
-        q, chunk = min(Q, l - start), slice(start, start + Q)
-        cum = log_decay[:, chunk].cumsum(1)                  # (b, q, h)
-        cum_h = cum.transpose(1, 2)                          # (b, h, q)
-        keep = causal[:q, :q] if seq_idx is None else causal[:q, :q] & same[:, k, None, :q, :q]
-        decay = (cum_h[..., :, None] - cum_h[..., None, :]).masked_fill_(~keep, float("-inf")).exp_()
-        B_k, C_k = B[:, chunk].transpose(1, 2), C[:, chunk].transpose(1, 2)   # (b, g, q, n)
-        x_dt = x[:, chunk] * dt[:, chunk, :, None]           # (b, q, h, p)
-
-        # Inside the chunk, per head: y_q = sum_{s <= q} (C_q . B_s) exp(cum_q - cum_s) dt_s x_s.
-        M = decay.view(b, g, r, q, q) * (C_k @ B_k.transpose(-1, -2))[:, :, None]
-        y_k = M @ x_dt.view(b, q, g, r, p).permute(0, 2, 3, 1, 4)            # (b, g, r, q, p)
-        # The entering state: y_q += exp(cum_q) C_q . S.
-        from_start = cum.exp() if seq_idx is None else cum.exp() * from_prev[:, k, :q, None]
-        y_state = C_k[:, :, None] @ state.transpose(-1, -2)                   # (b, g, r, q, p)
-        y_k.addcmul_(y_state, from_start.view(b, q, g, r, 1).permute(0, 2, 3, 1, 4))
-        y[:, chunk].view(b, q, g, r, p).copy_(y_k.permute(0, 3, 1, 2, 4))
-
-        # The state leaving the chunk: exp(cum_end) S + sum_s exp(cum_end - cum_s) dt_s x_s B_s^T.
-        to_end = (cum[:, -1:] - cum).exp_()                  # (b, q, h)
-        chunk_decay = cum[:, -1].exp()                       # (b, h)
+    state = (x.new_zeros(b, g, r, p, n) if initial_states is None  # updated in place: the caller's is copied
+             else initial_states.to(dtype, copy=True).reshape(b, g, r, p, n))
+    # One view per chunk of everything the loop reads or writes, cut in one call each.
+    per_chunk = zip(starts, lengths, *(t.split(lengths, dim=1) for t in (x, src, grow, B, C, y)),
+                    enter.view(b, -1, g, r, 1, 1).unbind(1), leave.view(b, -1, g, r, 1, 1).unbind(1))
+    for start, q, x_k, src_k, grow_k, B_k, C_k, y_k, enter_k, leave_k in per_chunk:
+        B_k, C_k = B_k.transpose(1, 2), C_k.transpose(1, 2)  # (b, g, q, n)
+        CB = (C_k @ B_k.transpose(-1, -2)).tril_()           # (b, g, q, q)
         if seq_idx is not None:
-            to_end = to_end * end_same[:, k, :q, None]
-            chunk_decay = chunk_decay * from_prev[:, k, -1, None]
-        x_end = (x_dt * to_end[..., None]).view(b, q, g, r * p).permute(0, 2, 3, 1)   # (b, g, r p, q)
-        state = torch.baddbmm((state * chunk_decay.view(b, g, r, 1, 1)).view(b * g, r * p, n),
-                              x_end.reshape(b * g, r * p, q), B_k.reshape(b * g, q, n)).view(b, g, r, p, n)
+            # Masks over the chunk's positions: q and s in one sequence; q continues the sequence alive
+            # before the chunk (the state before position 0 belongs to position 0's); s in the one at its end.
+            seg = seq_idx[:, start:start + q]
+            alive_before = seq_idx[:, max(start - 1, 0), None]
+            CB *= (seg[:, :, None] == seg[:, None, :])[:, None]
+            C_k = C_k * (seg == alive_before)[:, None, :, None]
+            B_k = B_k * (seg == seg[:, -1:])[:, None, :, None]
+
+        state.mul_(enter_k)
+        x_src = (x_k * src_k[..., None]).view(b, q, g, r * p).transpose(1, 2)   # (b, g, q, r p)
+        # y_q = exp(rel_q) (C_q . S + sum_{s <= q} (C_q . B_s) x_src_s), all heads of a group at once.
+        y_in = C_k @ state.view(b, g, r * p, n).transpose(-1, -2)                # (b, g, q, r p)
+        y_in.view(b * g, q, r * p).baddbmm_(CB.view(b * g, q, q), x_src.reshape(b * g, q, r * p))
+        torch.mul(y_in.view(b, g, q, r, p).transpose(1, 2), grow_k.view(b, q, g, r, 1),
+                  out=y_k.view(b, q, g, r, p))
+
+        # The state leaving the chunk: exp(rel_end) (S + sum_s x_src_s B_s^T).
+        if seq_idx is not None:
+            state.mul_((seg[:, -1] == alive_before[:, 0]).view(b, 1, 1, 1, 1))
+        state.view(b * g, r * p, n).baddbmm_(x_src.reshape(b * g, q, r * p).transpose(1, 2),
+                                             B_k.reshape(b * g, q, n))
+        state.mul_(leave_k)
     return y, state.reshape(b, h, p, n)

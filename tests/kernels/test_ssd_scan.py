@@ -4,8 +4,8 @@ import logging
 import pytest
 import torch
 
-from kernels.ssd import ssd_scan, ssd_step, torch_chunked
-from ssd_testing import (CASES, TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, assert_close, make_inputs,
+from kernels.ssd import ssd_scan, ssd_step
+from ssd_testing import (CASES, TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, as_float64, assert_close, make_inputs,
                          run_with_grads)
 
 
@@ -38,10 +38,8 @@ def test_torch_fp32_matches_naive_fp64(case):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL_FP64), (torch.float32, TOL_FP32)], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_torch_without_autograd_matches_naive(case, dtype, tol, monkeypatch):
-    """Under no_grad (on inputs of any size here) the torch backend runs chunk by chunk: the same y and
-    final state."""
-    monkeypatch.setattr(torch_chunked, "CHUNK_BY_CHUNK_MIN_NUMEL", 0)
+def test_torch_without_autograd_matches_naive(case, dtype, tol):
+    """Under no_grad the torch backend runs chunk by chunk: the same y and final state."""
     ref_kw = make_inputs(case, torch.float64)
     kw = make_inputs(case, dtype)
     with torch.no_grad():
@@ -50,6 +48,37 @@ def test_torch_without_autograd_matches_naive(case, dtype, tol, monkeypatch):
     assert y.dtype == dtype and not y.requires_grad
     assert_close(y, y_ref, tol, f"{case.name}: y")
     assert_close(f, f_ref, tol, f"{case.name}: final_states")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL_FP64), (torch.float32, TOL_FP32)], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("A", [
+    [-1.0, 0.5, -0.2, 0.3],      # heads whose state grows (dt * A > 0)
+    [-60.0, -8.0, -1.0, -0.1],   # decays of up to exp(-60) a token: a chunk spans a few tokens at most
+], ids=["growing_heads", "strong_decays"])
+def test_torch_without_autograd_cuts_chunks_where_exp_would_leave_fp32(A, dtype, tol):
+    """Chunk by chunk, each token is rescaled by exp(+-its log decay since its chunk's first token), so
+    chunks end where that would pass exp(MAX_SPAN): still the recurrence, in either direction. The caller's
+    initial_states, which the loop updates in place, stays as it was."""
+    case = Case("spans", l=45, chunk=16, seq_idx=True)
+    kw = make_inputs(case, dtype)
+    kw["A"] = torch.tensor(A, dtype=dtype)
+    initial = kw["initial_states"].detach().clone()
+    with torch.no_grad():
+        y_ref, f_ref = ssd_scan(**as_float64(kw), return_final_states=True, backend="naive")
+        y, f = ssd_scan(**kw, return_final_states=True, backend="torch")
+    assert_close(y, y_ref, tol, "y")
+    assert_close(f, f_ref, tol, "final_states")
+    assert torch.equal(kw["initial_states"], initial)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_empty_sequence_passes_the_state_through(backend):
+    kw = slice_inputs(make_inputs(Case("empty", seq_idx=True)), 0, 0)
+    y, f = ssd_scan(**kw, return_final_states=True, backend=backend)
+    assert y.shape == (2, 0, 4, 8)
+    assert torch.equal(f, kw["initial_states"])
+    (grad,) = torch.autograd.grad(f.sum(), kw["initial_states"])
+    assert torch.equal(grad, torch.ones_like(grad))
 
 
 def test_chunk_size_does_not_change_the_result():
