@@ -1,37 +1,38 @@
 """Chunked SSD (state-space duality) in plain torch: the CPU path and the GPU fallback.
 
-The sequence is cut into chunks of Q tokens. Inside a chunk the scan is a masked
-"attention" (C_t . B_s) * exp(cum_t - cum_s) * dt_s, a (Q, Q) matrix per head; across
-chunks only the (p, n) state travels, through a short loop over chunks. Memory is
-O(l * Q) per head, never O(l^2); autograd differentiates the plain torch ops.
+The sequence is cut into chunks of at most Q tokens. Inside a chunk the scan is a masked
+"attention" (C_q . B_s) * exp(cum_q - cum_s) * dt_s; across chunks only the (p, n) state
+travels, through a short loop over chunks. Memory is O(l * Q), never O(l^2); autograd
+differentiates the plain torch ops.
 
 Letters: b batch, c chunk, q and s positions inside a chunk (q the target, s the
 source), g group, r head inside its group (h = g * r), p head dim, n state dim.
-Speed on a CPU comes from the layouts: the r heads of a group share B and C, so the two
-state products (what a chunk adds to the state, what the entering state gives each
-position) fold the heads into one (r * p)-wide matrix per (batch, chunk, group), which
-is the input's own memory layout; only the quadratic in-chunk product needs a per-head
-layout, and it gets one copy of x.
+Speed on a CPU comes from the layouts. The r heads of a group share B and C, and the decay
+factorises, exp(cum_q - cum_s) = exp(rel_q) exp(-rel_s) with rel the log decay since the
+chunk's first token, so all three products (inside the chunk, what a chunk adds to the state,
+what the entering state gives each position) fold a group's heads into one (r * p)-wide matrix
+per (batch, chunk, group), which is the input's own memory layout: nothing is per head and
+(Q, Q). exp(+-rel) must stay inside fp32, which bounds how far a chunk may reach (MAX_SPAN).
 
-Two forms of the same scan: with autograd, whole-sequence tensor ops (`_scan_for_autograd`);
-without (evaluation, prefill, the benchmark's forward), a loop that finishes one chunk before the
-next (`_scan_chunk_by_chunk`), whose intermediates stay in cache and which factorises the in-chunk
-decay so that it too is one product per group, with no per-head (Q, Q) matrix.
+Two forms of the same scan: with autograd, whole-sequence tensor ops on chunks of one length
+(`_scan_for_autograd`); without (evaluation, prefill, the benchmark's forward), a loop that
+finishes one chunk before the next (`_scan_chunk_by_chunk`), whose intermediates stay in cache.
 """
 import torch
 import torch.nn.functional as F
 
 from kernels.ssd.naive import compute_dtype, gate_output, process_dt
 
-# Inside a chunk the work per token grows with Q (the (Q, Q) decay matrix), across chunks
-# it does not. At Mamba-2 sizes (n 128, p 64) on this project's 2-core CPU, 64 and 128 timed
-# alike forward and 64 was faster forward+backward, with less memory (a side-by-side run
-# while writing this backend, not a kept benchmark). Larger requested chunks run as several
-# of this size, which changes nothing beyond rounding.
+# Inside a chunk the work per token grows with Q (the (Q, Q) products), across chunks it does
+# not. At Mamba-2 sizes (n 128, p 64, b 2, l 4096) on this project's CPU, one thread, Q 32 / 64 / 128
+# took 45 / 43 / 47 ms forward and 349 / 227 / 239 ms forward+backward (a side-by-side run in
+# session 6, not a kept benchmark). Larger requested chunks run as several of this size, which
+# changes nothing beyond rounding.
 MAX_CHUNK = 64
-# Chunk by chunk, the in-chunk product rescales each token by exp(+-rel), rel its log decay since its chunk's
-# first token; |rel| <= 60 keeps exp(rel) in [1e-26, 1e26], far inside fp32's range (about 1e+-38) for
-# any dt * x below 1e12. A chunk ends early where a head would pass it.
+# The in-chunk product rescales each token by exp(+-rel), rel its log decay since its chunk's first token;
+# |rel| <= 60 keeps exp(rel) in [1e-26, 1e26], far inside fp32's range (about 1e+-38) for any dt * x below
+# 1e12. Chunk by chunk, a chunk ends early where a head would pass it; with autograd, the chunk length
+# is halved until every chunk fits.
 MAX_SPAN = 60.0
 
 
@@ -73,10 +74,16 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
 
 def _scan_for_autograd(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     """The scan as whole-sequence tensor ops, for autograd: dt processed; returns (y before D and z,
-    final state (b, h, p, n)), both in `dtype`."""
+    final state (b, h, p, n)), both in `dtype`.
+
+    The chunks here all have one length, so where exp(+-rel) would leave fp32 (MAX_SPAN) that length is
+    halved until every chunk fits (at 1 token, rel is 0)."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
+    log_decay = dt * A.to(dtype)                             # (b, l, h)
+    while Q > 1 and _max_span(log_decay, Q) > MAX_SPAN:
+        Q //= 2
     c = -(-l // Q)
     pad = c * Q - l
 
@@ -91,50 +98,54 @@ def _scan_for_autograd(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     xc = chunked(x).view(b, c, Q, g, r, p)
     Bc = chunked(B).transpose(2, 3)                          # (b, c, g, Q, n), a view
     Cc = chunked(C).transpose(2, 3)
-    dtc = chunked(dt).view(b, c, Q, g, r)
-    cum = (dtc * A.to(dtype).view(g, r)).cumsum(2)           # log-decay from chunk start to q, inclusive
-    cum_h = cum.permute(0, 1, 3, 4, 2)                       # (b, c, g, r, Q)
+    cum = chunked(log_decay).view(b, c, Q, g, r).cumsum(2)
+    rel = cum - cum[:, :, :1]                                # log decay since the chunk's first token
+    enter = cum[:, :, 0].exp()                               # (b, c, g, r): the entering state through token 0
+    leave = rel[:, :, -1].exp()                              # (b, c, g, r): from token 0 to the chunk's end
 
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    CB = Cc @ Bc.transpose(-1, -2)                           # (b, c, g, Q, Q): shared by a group's heads
+    keep = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    C_state, B_state = Cc, Bc
     if seq_idx is not None:
         same, from_prev, end_same = _segment_masks(seq_idx, l, c, Q)
-        causal = causal & same[:, :, None, None]             # (b, c, 1, 1, Q, Q)
-        from_prev, end_same = from_prev[..., None, None], end_same[..., None, None]  # (b, c, Q, 1, 1)
+        keep = keep & same[:, :, None]                       # (b, c, 1, Q, Q)
+        C_state = Cc * from_prev[:, :, None, :, None]        # the entering state reaches q
+        B_state = Bc * end_same[:, :, None, :, None]         # s reaches the chunk's end
+    # masked_fill, not a product with the mask: autograd then keeps a bool mask, not a float one.
+    CB = CB.masked_fill(~keep, 0.0)
 
-    # 1. Inside each chunk, per head: y_q = sum_{s <= q} (C_q . B_s) exp(cum_q - cum_s) dt_s x_s.
-    # masked_fill before exp: the upper triangle holds positive exponents that would overflow.
-    decay = (cum_h[..., :, None] - cum_h[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
-    CB = (Cc @ Bc.transpose(-1, -2))[:, :, :, None]          # (b, c, g, 1, Q, Q): shared by a group's heads
-    # dt_s scales the source token: fold it into x (l * p values) rather than into the (Q, Q) matrix.
-    x_dt = xc * dtc[..., None]                               # (b, c, Q, g, r, p)
-    y_diag = (CB * decay) @ x_dt.permute(0, 1, 3, 4, 2, 5)   # (b, c, g, r, Q, p)
-
-    # 2. The state each chunk adds, as seen at its end: sum_s exp(cum_end - cum_s) dt_s x_s B_s^T,
-    # all r heads of a group in one (r p, Q) @ (Q, n) product.
-    to_end = torch.exp(cum[:, :, -1:] - cum)                 # (b, c, Q, g, r)
-    chunk_decay = torch.exp(cum[:, :, -1])                   # (b, c, g, r)
-    if seq_idx is not None:
-        to_end = to_end * end_same
-        chunk_decay = chunk_decay * from_prev[:, :, -1]
-    x_end = (x_dt * to_end[..., None]).view(b, c, Q, g, r * p).transpose(2, 3)   # (b, c, g, Q, r p)
-    local = (x_end.transpose(-1, -2) @ Bc).view(b, c, g, r, p, n)
-
-    # 3. Pass the state across chunks, a short sequential loop over l / Q chunks, and
-    # 4. what the state entering a chunk gives its positions: y_q += exp(cum_q) C_q . S_enter,
-    # per group (b, g, Q, n) @ (b, g, n, r p). unbind, not indexing: the backward of
-    # local[:, k] would write a whole zero gradient per chunk.
+    # 1. Sources exp(-rel_s) dt_s x_s, in the input's layout; (b, c, g, Q, r p) as a view.
+    x_src = (xc * (chunked(dt).view(b, c, Q, g, r) * (-rel).exp())[..., None]).view(b, c, Q, g, r * p)
+    x_src = x_src.transpose(2, 3)
+    # 2. Inside each chunk: sum_{s <= q} (C_q . B_s) x_src_s, all heads of a group in one product,
+    # 3. what a chunk adds to its state, sum_s x_src_s B_s^T, before the decay to its end, and
+    # 4. the state passed across chunks (a short loop over l / Q chunks) and what it gives each position,
+    #    C_q . S. unbind, not indexing: the backward of local[:, k] would write a whole zero gradient per chunk.
+    y_in = CB @ x_src                                        # (b, c, g, Q, r p)
+    local = (x_src.transpose(-1, -2) @ B_state).view(b, c, g, r, p, n)
+    # The loop carries the state as it is after each chunk's first token: from one chunk's to the next's
+    # it decays by `leave` then the next `enter` (the last chunk: by `leave` alone, to the sequence's end).
     state = (x.new_zeros(b, g, r, p, n, dtype=dtype) if initial_states is None
-             else initial_states.to(dtype).reshape(b, g, r, p, n))
-    y_off = []
-    for C_k, local_k, decay_k in zip(Cc.unbind(1), local.unbind(1), chunk_decay[..., None, None].unbind(1)):
-        y_off.append(C_k @ state.view(b, g, r * p, n).transpose(-1, -2))
-        state = torch.addcmul(local_k, decay_k, state)
-    y_off = torch.stack(y_off, dim=1).view(b, c, g, Q, r, p).transpose(2, 3)   # (b, c, Q, g, r, p)
-    from_start = torch.exp(cum)                              # (b, c, Q, g, r)
-    if seq_idx is not None:
-        from_start = from_start * from_prev
-    y = y_off * from_start[..., None] + y_diag.permute(0, 1, 4, 2, 3, 5)
+             else initial_states.to(dtype).reshape(b, g, r, p, n) * enter[:, 0, ..., None, None])
+    onward = leave * torch.cat([enter[:, 1:], torch.ones_like(enter[:, :1])], dim=1)
+    # The entering state reaches the chunk's end unless a sequence starts inside it.
+    carry = [None] * c if seq_idx is None else from_prev[:, :, -1].to(dtype).view(b, c, 1, 1, 1, 1).unbind(1)
+    y_state = []
+    for C_k, local_k, onward_k, carry_k in zip(C_state.unbind(1), local.unbind(1),
+                                               onward[..., None, None].unbind(1), carry):
+        y_state.append(C_k @ state.view(b, g, r * p, n).transpose(-1, -2))
+        state = (state + local_k if carry_k is None else torch.addcmul(local_k, state, carry_k)) * onward_k
+    # y_q = exp(rel_q) (C_q . S + sum_{s <= q} (C_q . B_s) x_src_s)
+    y = (torch.stack(y_state, dim=1) + y_in).transpose(2, 3).reshape(b, c, Q, g, r, p) * rel.exp()[..., None]
     return y.reshape(b, c * Q, h, p)[:, :l], state.reshape(b, h, p, n)
+
+
+def _max_span(log_decay, Q):
+    """The largest |log decay| from a chunk's first token to any of its tokens, with chunks of Q tokens."""
+    b, l, h = log_decay.shape
+    c = -(-l // Q)
+    cum = F.pad(log_decay, (0, 0, 0, c * Q - l)).view(b, c, Q, h).cumsum(2)
+    return float((cum - cum[:, :, :1]).abs().max().detach())
 
 
 def _chunk_starts(cum, Q):
@@ -161,11 +172,7 @@ def _scan_chunk_by_chunk(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     at a time, so that every intermediate is a chunk-sized tile that stays in cache. Same arguments and
     results as _scan_for_autograd.
 
-    It has no per-head (Q, Q) decay matrix: exp(cum_q - cum_s) = exp(rel_q) exp(-rel_s), with rel the log
-    decay since the chunk's first token, so the in-chunk product becomes exp(rel_q) * (C.B masked) @
-    (exp(-rel_s) dt_s x_s), one (q, q) @ (q, r p) product per group, like the two state products, and
-    every step stays in the input's (token, head, p) layout. The factorisation needs exp(+-rel) inside
-    fp32's range, which is where _chunk_starts cuts the chunks."""
+    Chunks are Q tokens long except where _chunk_starts ends one early to keep exp(+-rel) inside fp32."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g

@@ -50,18 +50,28 @@ def test_torch_without_autograd_matches_naive(case, dtype, tol):
     assert_close(f, f_ref, tol, f"{case.name}: final_states")
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL_FP64), (torch.float32, TOL_FP32)], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("A", [
+SPANS = pytest.mark.parametrize("A", [
     [-1.0, 0.5, -0.2, 0.3],      # heads whose state grows (dt * A > 0)
     [-60.0, -8.0, -1.0, -0.1],   # decays of up to exp(-60) a token: a chunk spans a few tokens at most
 ], ids=["growing_heads", "strong_decays"])
-def test_torch_without_autograd_cuts_chunks_where_exp_would_leave_fp32(A, dtype, tol):
+FP64_FP32 = pytest.mark.parametrize("dtype, tol, tol_grad", [(torch.float64, TOL_FP64, TOL_FP64),
+                                                             (torch.float32, TOL_FP32, TOL_FP32_GRAD)],
+                                    ids=["fp64", "fp32"])
+
+
+def spans_inputs(A, dtype):
+    kw = make_inputs(Case("spans", l=45, chunk=16, seq_idx=True), dtype)
+    kw["A"] = torch.tensor(A, dtype=dtype, requires_grad=True)
+    return kw
+
+
+@FP64_FP32
+@SPANS
+def test_torch_without_autograd_cuts_chunks_where_exp_would_leave_fp32(A, dtype, tol, tol_grad):
     """Chunk by chunk, each token is rescaled by exp(+-its log decay since its chunk's first token), so
     chunks end where that would pass exp(MAX_SPAN): still the recurrence, in either direction. The caller's
     initial_states, which the loop updates in place, stays as it was."""
-    case = Case("spans", l=45, chunk=16, seq_idx=True)
-    kw = make_inputs(case, dtype)
-    kw["A"] = torch.tensor(A, dtype=dtype)
+    kw = spans_inputs(A, dtype)
     initial = kw["initial_states"].detach().clone()
     with torch.no_grad():
         y_ref, f_ref = ssd_scan(**as_float64(kw), return_final_states=True, backend="naive")
@@ -69,6 +79,20 @@ def test_torch_without_autograd_cuts_chunks_where_exp_would_leave_fp32(A, dtype,
     assert_close(y, y_ref, tol, "y")
     assert_close(f, f_ref, tol, "final_states")
     assert torch.equal(kw["initial_states"], initial)
+
+
+@FP64_FP32
+@SPANS
+def test_torch_with_autograd_shortens_chunks_where_exp_would_leave_fp32(A, dtype, tol, tol_grad):
+    """With autograd, all chunks have one length, halved until exp(+-rel) fits: outputs and every gradient
+    still match the recurrence."""
+    kw = spans_inputs(A, dtype)
+    y_ref, f_ref, g_ref = run_with_grads(scan("naive"), as_float64(kw))
+    y, f, grads = run_with_grads(scan("torch"), kw)
+    assert_close(y, y_ref, tol, "y")
+    assert_close(f, f_ref, tol, "final_states")
+    for name in g_ref:
+        assert_close(grads[name], g_ref[name], tol_grad, f"d{name}")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
