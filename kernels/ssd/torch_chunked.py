@@ -148,15 +148,13 @@ def _max_span(log_decay, Q):
     return float((cum - cum[:, :, :1]).abs().max().detach())
 
 
-def _chunk_starts(cum, Q):
-    """The first token of each chunk, for the chunk-by-chunk scan; cum (b, l, h) is the cumulative log decay
-    in fp64. Every Q tokens, except that a chunk ends before a token whose decay (or growth) since the
-    chunk's first token passes exp(MAX_SPAN) in some head."""
+def _chunk_starts(log_decay, cum, Q):
+    """The first token of each chunk, for the chunk-by-chunk scan; log_decay (b, l, h) and its cumulative
+    sum cum, in fp64. Every Q tokens, except that a chunk ends before a token whose decay (or growth) since
+    the chunk's first token passes exp(MAX_SPAN) in some head."""
     l = cum.shape[1]
-    grid = list(range(0, l, Q))
-    first = torch.arange(l, device=cum.device) // Q * Q
-    if (cum - cum[:, first]).abs().max() <= MAX_SPAN:   # the usual case: no head decays that fast
-        return grid
+    if _max_span(log_decay, Q) <= MAX_SPAN:                  # the usual case: no head decays that fast
+        return list(range(0, l, Q))
     starts = [0]
     while True:
         s = starts[-1]
@@ -181,7 +179,7 @@ def _scan_chunk_by_chunk(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     # Per-token weights for the whole sequence, (b, l, h); the loop below only slices them.
     log_decay = dt * A.to(dtype)
     cum = log_decay.cumsum(1, dtype=torch.float64)           # fp64: chunks subtract it at their first token
-    starts = _chunk_starts(cum, Q)
+    starts = _chunk_starts(log_decay, cum, Q)
     lengths = [end - start for start, end in zip(starts, starts[1:] + [l])]
     first = torch.tensor(starts, dtype=torch.long, device=x.device).repeat_interleave(
         torch.tensor(lengths, dtype=torch.long, device=x.device))
