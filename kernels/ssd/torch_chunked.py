@@ -36,20 +36,16 @@ MAX_CHUNK = 64
 MAX_SPAN = 60.0
 
 
-def _segment_masks(seq_idx, l, num_chunks, chunk):
-    """seq_idx (b, l) -> masks over chunk positions, all bool.
+def _segment_masks(seg, alive_before):
+    """seg (..., q) the seq_idx of a chunk's positions, alive_before (...,) the sequence alive before the
+    chunk -> masks over the chunk's positions, all bool:
 
-    same (b, c, Q, Q): target q and source s belong to one sequence;
-    from_prev (b, c, Q): position q continues the sequence alive before its chunk;
-    end_same (b, c, Q): position s belongs to the sequence alive at its chunk's end.
+    same (..., q, q): target q and source s belong to one sequence;
+    from_prev (..., q): position q continues the sequence alive before its chunk;
+    end_same (..., q): position s belongs to the sequence alive at its chunk's end.
     The state before position 0 belongs to the sequence at position 0.
     """
-    seg = F.pad(seq_idx, (0, num_chunks * chunk - l), mode="replicate") if num_chunks * chunk > l else seq_idx
-    seg = seg.view(seq_idx.shape[0], num_chunks, chunk)
-    # The sequence alive when a chunk starts: the last one of the previous chunk.
-    prev = torch.cat([seg[:, :1, 0], seg[:, :-1, -1]], dim=1)
-    same = seg[..., :, None] == seg[..., None, :]
-    return same, seg == prev[..., None], seg == seg[..., -1:]
+    return seg[..., :, None] == seg[..., None, :], seg == alive_before[..., None], seg == seg[..., -1:]
 
 
 def ssd_scan_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
@@ -107,7 +103,9 @@ def _scan_for_autograd(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
     keep = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     C_state, B_state = Cc, Bc
     if seq_idx is not None:
-        same, from_prev, end_same = _segment_masks(seq_idx, l, c, Q)
+        seg = (F.pad(seq_idx, (0, pad), mode="replicate") if pad else seq_idx).view(b, c, Q)
+        # The sequence alive when a chunk starts: the last one of the previous chunk (position 0's for the first).
+        same, from_prev, end_same = _segment_masks(seg, torch.cat([seg[:, :1, 0], seg[:, :-1, -1]], dim=1))
         keep = keep & same[:, :, None]                       # (b, c, 1, Q, Q)
         C_state = Cc * from_prev[:, :, None, :, None]        # the entering state reaches q
         B_state = Bc * end_same[:, :, None, :, None]         # s reaches the chunk's end
@@ -199,13 +197,10 @@ def _scan_chunk_by_chunk(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
         B_k, C_k = B_k.transpose(1, 2), C_k.transpose(1, 2)  # (b, g, q, n)
         CB = (C_k @ B_k.transpose(-1, -2)).tril_()           # (b, g, q, q)
         if seq_idx is not None:
-            # Masks over the chunk's positions: q and s in one sequence; q continues the sequence alive
-            # before the chunk (the state before position 0 belongs to position 0's); s in the one at its end.
-            seg = seq_idx[:, start:start + q]
-            alive_before = seq_idx[:, max(start - 1, 0), None]
-            CB *= (seg[:, :, None] == seg[:, None, :])[:, None]
-            C_k = C_k * (seg == alive_before)[:, None, :, None]
-            B_k = B_k * (seg == seg[:, -1:])[:, None, :, None]
+            same, from_prev, end_same = _segment_masks(seq_idx[:, start:start + q], seq_idx[:, max(start - 1, 0)])
+            CB *= same[:, None]
+            C_k = C_k * from_prev[:, None, :, None]
+            B_k = B_k * end_same[:, None, :, None]
 
         state.mul_(enter_k)
         x_src = (x_k * src_k[..., None]).view(b, q, g, r * p).transpose(1, 2)   # (b, g, q, r p)
@@ -217,7 +212,7 @@ def _scan_chunk_by_chunk(x, dt, A, B, C, Q, initial_states, seq_idx, dtype):
 
         # The state leaving the chunk: exp(rel_end) (S + sum_s x_src_s B_s^T).
         if seq_idx is not None:
-            state.mul_((seg[:, -1] == alive_before[:, 0]).view(b, 1, 1, 1, 1))
+            state.mul_(from_prev[:, -1].view(b, 1, 1, 1, 1))
         state.view(b * g, r * p, n).baddbmm_(x_src.reshape(b * g, q, r * p).transpose(1, 2),
                                              B_k.reshape(b * g, q, n))
         state.mul_(leave_k)
