@@ -28,12 +28,12 @@ import platform
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 from triton.runtime.errors import OutOfResources
 
+from kernels.benchmarks.peers import stub_selective_scan_cuda
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,14 +56,6 @@ def make_inputs(shape: SSDShape, dtype, device, seed=0):
                 A=-torch.empty(s.h).uniform_(1, 8, generator=gen).to(device),
                 B=randn(s.b, s.l, s.g, s.n), C=randn(s.b, s.l, s.g, s.n),
                 D=torch.ones(s.h, device=device), dt_bias=torch.zeros(s.h, device=device))
-
-
-def stub_selective_scan_cuda():
-    """mamba_ssm's package __init__ imports its CUDA extension; without it, a stub lets the Triton and
-    pure-torch parts import. Only ever called inside a benchmark process."""
-    import importlib.util
-    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
-        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
 
 
 def implementation(name: str, shape: SSDShape):

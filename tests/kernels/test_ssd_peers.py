@@ -1,48 +1,29 @@
-"""Parity with the peers on the same inputs: mamba_ssm's ssd_minimal_discrete and transformers' Mamba2.
+"""Parity with the peers on the same inputs: mamba_ssm's ssd_minimal_discrete and its Triton
+mamba_chunk_scan_combined (run in the Triton interpreter), and transformers' Mamba2.
 
-mamba_ssm installs pure-Python on a CPU (the line is in `mamba_ssm_minimal` below). Its
-package __init__ imports the CUDA extension `selective_scan_cuda`, so we put a stub
-module in sys.modules for the duration of a test and take it (and every mamba_ssm
-module) out afterwards: while mamba_ssm imports, transformers would pick mamba_ssm's
-fused kernels for any Mamba2 module imported in that window, and those fail on a CPU.
-The transformers tests call the torch reference functions themselves (`__wrapped__`,
-set by transformers' kernel decorator), so import order cannot switch them to a kernel.
+mamba_ssm installs pure-Python on a CPU; `kernels.benchmarks.peers.mamba_ssm_imported` imports it
+for one test at a time (a stub for its CUDA extension, and every module it brought taken out
+afterwards, so that transformers never sees it). The transformers tests call the torch reference
+functions themselves (`__wrapped__`, set by transformers' kernel decorator), so import order cannot
+switch them to a kernel.
 """
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
+from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamba_ssm_installed
 from kernels.conv import causal_conv1d
 from kernels.ssd import ssd_scan
-from ssd_testing import TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, assert_close, make_inputs, run_with_grads
-
-MAMBA_INSTALL = ("MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation "
-                 "--no-deps mamba-ssm==2.3.2.post1")
+from ssd_testing import TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, as_float64, assert_close, make_inputs, run_with_grads
 
 
 @pytest.fixture
 def mamba_ssm_minimal():
-    """mamba_ssm's `ssd_minimal_discrete`, imported under a `selective_scan_cuda` stub, cleaned up after."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_INSTALL}")
-    before = set(sys.modules)
-    stubbed = "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None
-    if stubbed:
-        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
+    """mamba_ssm's `ssd_minimal_discrete`, imported for this test only."""
+    if not mamba_ssm_installed():
+        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
+    with mamba_ssm_imported():
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
         yield ssd_minimal_discrete
-    finally:
-        # Drop everything imported in this window (mamba_ssm, and any transformers module that
-        # resolved its kernels against it) so later imports see the CPU-only world again.
-        for name in set(sys.modules) - before:
-            if name.startswith(("mamba_ssm", "selective_scan_cuda", "transformers.models.mamba")):
-                del sys.modules[name]
-        if stubbed:
-            sys.modules.pop("selective_scan_cuda", None)
 
 
 def test_ssd_minimal_discrete_matches(mamba_ssm_minimal):
@@ -62,6 +43,40 @@ def test_ssd_minimal_discrete_matches(mamba_ssm_minimal):
     assert_close(f, f_ref, TOL_FP64, "final_states vs ssd_minimal_discrete")
     for name in g_ref:
         assert_close(grads[name], g_ref[name], TOL_FP64, f"d{name} vs ssd_minimal_discrete")
+
+
+@pytest.fixture
+def mamba_chunk_scan_combined():
+    """mamba_ssm's Triton scan, the one our `ssd_scan` is a drop-in for, in the Triton interpreter."""
+    if not mamba_ssm_installed():
+        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
+    with mamba_ssm_imported(interpreted=True):
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        yield mamba_chunk_scan_combined
+
+
+PEER_CASES = [
+    # Every option at once: z, D (h, p), dt_bias, softplus, dt_limit, initial and final states, packed
+    # sequences (seq_idx starts at 0, where mamba_ssm's initial state and ours mean the same), g < h,
+    # l not a multiple of the chunk.
+    Case("every_option", l=45, p=16, chunk=16, D="hp", dt_limit=(0.05, 2.0), seq_idx=True),
+    Case("bare_one_group", b=1, l=40, h=2, p=16, g=1, chunk=32, D=None, z=False, dt_bias=False,
+         softplus=False, init=False),
+]
+
+
+@pytest.mark.parametrize("case", PEER_CASES, ids=lambda c: c.name)
+def test_mamba_chunk_scan_combined_matches(mamba_chunk_scan_combined, case):
+    """The same keyword arguments go to both: ours is a drop-in, gradients of every input included.
+    mamba_ssm runs in fp32 (exact fp32 products in the interpreter); our recurrence in fp64 on the same values."""
+    kw = make_inputs(case, torch.float32)
+    y_ref, f_ref, g_ref = run_with_grads(mamba_chunk_scan_combined, kw)
+    y, f, grads = run_with_grads(lambda **k: ssd_scan(**k, backend="naive"), as_float64(kw))
+    assert_close(y_ref, y, TOL_FP32, "mamba_chunk_scan_combined's y")
+    assert_close(f_ref, f, TOL_FP32, "mamba_chunk_scan_combined's final_states")
+    assert set(g_ref) == set(grads)
+    for name in grads:
+        assert_close(g_ref[name], grads[name], TOL_FP32_GRAD, f"mamba_chunk_scan_combined's d{name}")
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ fails loudly. GPU tier (`-m gpu`): fp32/fp16/bf16 at real sizes, and parity with
 mamba_ssm's `mamba_chunk_scan_combined` when it is installed.
 """
 import dataclasses
-import importlib.util
-import sys
-import types
 
 import pytest
 import torch
 
+from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamba_ssm_installed
 from kernels.ssd import ssd_scan
 from ssd_testing import (TOL_BF16, TOL_FP16, TOL_FP32, TOL_FP32_GRAD, TOL_TF32, Case, as_float64,
                          assert_close, make_inputs, run_with_grads)
@@ -164,20 +162,11 @@ def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
 
 @pytest.fixture
 def mamba_chunk_scan_combined():
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba-ssm is not installed; install it with: MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "
-                    "pip install --no-build-isolation --no-deps mamba-ssm==2.3.2.post1")
-    before = set(sys.modules)
-    stubbed = "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None
-    if stubbed:
-        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
-    try:
+    if not mamba_ssm_installed():
+        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
+    with mamba_ssm_imported():
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         yield mamba_chunk_scan_combined
-    finally:
-        for name in set(sys.modules) - before:
-            if name.startswith(("mamba_ssm", "selective_scan_cuda", "transformers.models.mamba")):
-                del sys.modules[name]
 
 
 @pytest.mark.gpu
