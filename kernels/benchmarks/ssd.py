@@ -20,6 +20,7 @@ Bandwidth (GPU suite): the bytes an ideal kernel must move (inputs read once, ou
 written once, in their dtypes) divided by the time, next to a measured device copy.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from triton.runtime.errors import OutOfResources
 
-from kernels.benchmarks.peers import stub_selective_scan_cuda
+from kernels.benchmarks.peers import mamba_ssm_imported, mamba_ssm_installed, stub_selective_scan_cuda
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
 
 RESULTS = Path(__file__).parent / "results"
@@ -217,37 +218,49 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
         raise SystemExit("kernels.benchmarks.ssd: --suite gpu needs CUDA; on a CPU run it with "
                          "TRITON_INTERPRET=1 and --tiny")
     shapes = SSD_GPU_TINY if tiny else SSD_GPU
-    # mamba_ssm's Triton kernels need a CUDA device (the interpreter would need patches to them).
-    impls = GPU_IMPLS if device == "cuda" else OURS_ON_GPU
     dtype = torch.float32 if device == "cpu" else torch.bfloat16  # the interpreter gets bf16 wrong
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     copy_bw = copy_bandwidth(device)
     rows = []
-    for shape in shapes.values():
-        inputs = make_inputs(shape, dtype, device)
-        for mode in MODES:
-            point = {}
-            for impl in impls:
-                run = runner(implementation(impl, shape), inputs, mode)
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                try:
-                    seconds = timed(run, reps, sync)
-                except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
-                    print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
-                    point[impl] = None
-                    continue
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
-                point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
-                print(f"  {shape.name} {mode} {impl}: {point[impl]}", file=sys.stderr)
-            rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in GPU_IMPLS]
-                        + [_speedup(point.get("mamba_chunk_scan_combined"), point.get(i)) for i in OURS_ON_GPU])
+    with contextlib.ExitStack() as stack:
+        impls = GPU_IMPLS
+        if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
+            if mamba_ssm_installed():
+                stack.enter_context(mamba_ssm_imported(interpreted=True))
+            else:
+                impls = OURS_ON_GPU
+        for shape in shapes.values():
+            rows += _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw)
     header = ["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in GPU_IMPLS] + [
         f"speedup {i} vs mamba" for i in OURS_ON_GPU]
     header[-1] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
     return header, rows
+
+
+def _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw) -> list[list[str]]:
+    """One shape's fwd and fwd+bwd rows: each implementation timed, with peak memory and bandwidth."""
+    rows = []
+    inputs = make_inputs(shape, dtype, device)
+    for mode in MODES:
+        point = {}
+        for impl in impls:
+            run = runner(implementation(impl, shape), inputs, mode)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            try:
+                seconds = timed(run, reps, sync)
+            except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
+                print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
+                point[impl] = None
+                continue
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
+            point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
+            print(f"  {shape.name} {mode} {impl}: {point[impl]}", file=sys.stderr)
+        rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in GPU_IMPLS]
+                    + [_speedup(point.get("mamba_chunk_scan_combined"), point.get(i)) for i in OURS_ON_GPU])
+    return rows
 
 
 def launch_variants(dot16: str) -> dict[str, dict]:
@@ -388,7 +401,9 @@ def main(argv=None):
     text = (f"# SSD scan benchmark, {args.suite} suite{' (tiny, Triton interpreter)' if args.tiny else ''}\n\n"
             f"- command: `{env}{command}`\n- machine: {machine()}\n- date: {day}\n"
             f"- 1-minute load average at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f}\n"
-            f"- torch {torch.__version__}\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
+            f"- torch {torch.__version__}\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n"
+            + ("**This run proves the script's code path on a CPU. Interpreter times say nothing about a GPU, "
+               "and neither do their ratios.**\n\n" if args.tiny else "") + f"{table}\n")
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_{hw}_{day}.md"

@@ -1,4 +1,4 @@
-"""Chunked SSD in Triton: seven kernels under one autograd.Function, in mamba_ssm's chunk layout.
+"""Chunked SSD in Triton: eight kernels under one autograd.Function, in mamba_ssm's chunk layout.
 
 Per (batch, head) the sequence is cut into chunks of T tokens (T = chunk_size rounded down to a
 power of two, 16..256), and a chunk is worked on in tiles of Q tokens (Q <= 64, so that a (Q, Q)
@@ -16,17 +16,19 @@ sequence at token 0, where initial_states belongs).
 These per-token weights are plain torch with autograd, outside the Function (`_token_weights`):
 the kernels do only the blocked work, return gradients for win, wout, decay, cum and dt, and autograd
 carries those on to dt, A and dt_bias. C_t . B_s is the same for every head of a group (for all
-heads when g = 1), so it is computed once per group and chunk (`_chunk_cb`, a torch matmul) and the
-kernels read its tiles instead of recomputing it per head.
+heads when g = 1), so it is computed once per group and chunk (`_cb_products`) and the kernels read
+its tiles instead of recomputing it per head.
 
-    forward:  _chunk_state      each chunk's own contribution to the state     (parallel over chunks)
+    forward:  _cb_products      C_t . B_s per group, the tiles on and below the diagonal
+              _chunk_state      each chunk's own contribution to the state     (parallel over chunks)
               _state_scan       S_c for every chunk: the only sequential part   (elementwise)
-              _chunk_output     y, one Q-row tile at a time                     (parallel over tiles)
+              _chunk_output     y + D x, one Q-row tile at a time               (parallel over tiles)
     backward: _chunk_state      dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
-              _state_scan       in reverse: dL/d(state leaving chunk c)
+              _state_scan       in reverse: dL/d(state leaving chunk c), and dL/d decay_c
               _chunk_grad_rows  dL/dwin and cum's row terms, per head and Q-row tile
               _chunk_grad_C     dC, per block of a group's heads and Q-row tile
-              _chunk_grad_cols  dx, dL/dwout, dL/ddt and cum's column terms, per head and Q-column tile
+              _chunk_grad_cols  dx (D dy included), dD, dL/dwout, dL/ddt and cum's column terms, per head
+                                and Q-column tile
               _chunk_grad_B     dB, per block of a group's heads and Q-column tile
 
 _chunk_grad_C and _chunk_grad_B take a block of heads of one group per program and sum dC and dB over
@@ -103,6 +105,12 @@ def _cb_tile(cb_ptr, i_bg, c, m, k, num_chunks, T: tl.constexpr, Q: tl.constexpr
 
 
 @triton.jit
+def _D_row(D_ptr, i_h, P, BP: tl.constexpr):
+    cols = tl.arange(0, BP)
+    return tl.load(D_ptr + i_h * P + cols, mask=cols < P, other=0.0)
+
+
+@triton.jit
 def _in_chunk_decay(cum_t, cum_s, t, s, seq_ptr, seq_row, HAS_SEQ: tl.constexpr):
     """(len t, len s) tile of exp(cum_t - cum_s) where s <= t in the same sequence, else 0."""
     keep = t[:, None] >= s[None, :]
@@ -110,6 +118,21 @@ def _in_chunk_decay(cum_t, cum_s, t, s, seq_ptr, seq_row, HAS_SEQ: tl.constexpr)
         keep = keep & (tl.load(seq_ptr + seq_row + t)[:, None] == tl.load(seq_ptr + seq_row + s)[None, :])
     # -inf before exp: where s > t the exponent is positive and could overflow.
     return tl.exp(tl.where(keep, cum_t[:, None] - cum_s[None, :], float("-inf")))
+
+
+@triton.jit
+def _cb_products(B_ptr, C_ptr, CB_ptr, l, g, N, num_chunks,
+                 T: tl.constexpr, Q: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, T // Q, b*g*chunks): tile (m, k) of C_t . B_s in chunk c, fp32 (b*g, chunks, T, T), for
+    k <= m only. No kernel reads a tile above the diagonal at this Q or a smaller one, so those stay unwritten."""
+    m, k, i_bgc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    if k <= m:
+        i_bg, c = i_bgc // num_chunks, i_bgc % num_chunks
+        i_b, i_g = i_bg // g, i_bg % g
+        C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
+        B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
+        rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)
+        tl.store(CB_ptr + (i_bgc * T + rows[:, None]) * T + cols[None, :], _dot(C_m, tl.trans(B_k), PREC))
 
 
 @triton.jit
@@ -131,12 +154,14 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
 
 
 @triton.jit
-def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, num_chunks, PN,
-                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_ptr, num_chunks, PN,
+                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DOT: tl.constexpr):
     """Grid (b*h, cdiv(PN, BLOCK)): carry = init; for each chunk c (last to first if REVERSE):
     out[c] = carry, carry = decay[c] * carry + own[c]; final = carry. out may be own (read first).
     Forward: own = each chunk's contribution, out = the state entering each chunk. Backward: own =
-    dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states."""
+    dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states, and
+    (HAS_DOT) this block's share of dL/d decay_c = <out[c], S_c>, S = with (b*h, chunks, PN), to
+    dot (b*h, chunks, blocks): the host sums the blocks."""
     i_bh = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < PN
@@ -152,17 +177,20 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, num_chunks, PN
         here = (i_bh * num_chunks + c) * PN + offs
         own = tl.load(own_ptr + here, mask=mask, other=0.0)
         tl.store(out_ptr + here, carry, mask=mask)
+        if HAS_DOT:
+            S = tl.load(with_ptr + here, mask=mask, other=0.0)
+            tl.store(dot_ptr + (i_bh * num_chunks + c) * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S, 0))
         carry = tl.load(decay_ptr + i_bh * num_chunks + c) * carry + own
     tl.store(final_ptr + i_bh * PN + offs, carry, mask=mask)
 
 
 @triton.jit
-def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, y_ptr,
+def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, D_ptr, y_ptr,
                   l, Lp, h, g, P, N, num_chunks,
                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, b*h, chunks): rows m*Q.. of chunk c of y (the scan part, before D and z). The tiles of
-    one chunk run next to each other, so the state and x tiles they share are read from L2."""
+                  HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, b*h, chunks): rows m*Q.. of chunk c of y, the scan plus D x (D (h, P) fp32), before z.
+    The tiles of one chunk run next to each other, so the state and x tiles they share are read from L2."""
     m, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_m = c * T + m * Q + tl.arange(0, Q)
@@ -177,6 +205,8 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
         decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
         M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
         y += _dot(M, x_k, PREC)
+    if HAS_D:  # here, not as a torch epilogue: that would read and write y twice more
+        y += _load_rows(x_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0) * _D_row(D_ptr, i_h, P, BP)[None, :]
     _store_rows(y_ptr, y, i_b, i_h, c * T + m * Q, l, h, P, Q, BP)
 
 
@@ -256,14 +286,15 @@ def _chunk_grad_C(dy_ptr, x_ptr, B_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
 
 
 @triton.jit
-def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr,
-                     dx_ptr, ddt_ptr, dwout_ptr,
+def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr, D_ptr,
+                     dx_ptr, ddt_ptr, dwout_ptr, dD_ptr,
                      l, Lp, h, g, P, N, num_chunks,
                      T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                     HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, b*h, chunks), columns s of tile k: dx_s = wout_s G B_s + sum_t M_ts dy_t, dL/dwout_s =
+                     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, b*h, chunks), columns s of tile k: dx_s = wout_s G B_s + sum_t M_ts dy_t + D dy_s, dL/dwout_s =
     x_s . G B_s and dL/ddt_s through M, sum_t dM_ts (C_t . B_s) decay_ts (cum_s's share of d exp(cum_t - cum_s)
-    is -dt_s times it). G = dL/d(state leaving chunk c)."""
+    is -dt_s times it). G = dL/d(state leaving chunk c). With D, this program's share of dD, sum_s dy_s x_s,
+    goes to row (b*h, chunk, tile) of dD (b*h*chunks*T/Q, P) fp32; the host sums the rows."""
     k, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_k = c * T + k * Q + tl.arange(0, Q)
@@ -284,6 +315,11 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dl
         ddt += tl.sum(_dot(x_k, tl.trans(dy_m), PREC) * CB_decay_T, 1)
         dx += _dot(CB_decay_T * dt_k[:, None], dy_m, PREC)
     tl.store(ddt_ptr + tok + t_k, ddt)
+    if HAS_D:
+        dy_k = _load_rows(dy_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+        dx += dy_k * _D_row(D_ptr, i_h, P, BP)[None, :]
+        cols = tl.arange(0, BP)
+        tl.store(dD_ptr + ((i_bh * num_chunks + c) * (T // Q) + k) * P + cols, tl.sum(dy_k * x_k, 0), mask=cols < P)
     _store_rows(dx_ptr, dx, i_b, i_h, c * T + k * Q, l, h, P, Q, BP)
 
 
@@ -393,13 +429,18 @@ def _token_weights(dt, A, seq_idx, T):
     return (*flat, decay.contiguous(), seq)
 
 
-def _chunk_cb(B, C, T, Lp):
-    """C_t . B_s for every pair of tokens of a chunk, per group: (b, g, chunks, T, T) fp32. Computed once
-    for all the heads of a group (with one group, once for all heads), not per head in the kernels."""
+def _chunk_cb(B, C, num_chunks, launch):
+    """C_t . B_s for the pairs of tokens of a chunk the kernels read, per group: (b, g, chunks, T, T) fp32.
+    Computed once for all the heads of a group (with one group, once for all heads), not per head in the
+    kernels; from B and C as they are (a torch matmul would want them cast to fp32 and padded first)."""
     b, l, g, n = B.shape
-    B, C = (F.pad(t.float(), (0, 0, 0, 0, 0, Lp - l)).view(b, Lp // T, T, g, n).permute(0, 3, 1, 2, 4)
-            for t in (B, C))
-    return torch.matmul(C, B.transpose(-1, -2)).contiguous()
+    T, Q = launch.T, max(launch.Q, launch.grad_Q)  # the larger tile's diagonal tiles hold the smaller's
+    CB = torch.empty(b, g, num_chunks, T, T, device=B.device, dtype=torch.float32)
+    # 16-bit values are exact as 16-bit products' operands; fp32 ones need exact fp32 products.
+    prec = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(B.dtype, "ieee") if B.dtype == C.dtype else "ieee"
+    _cb_products[(T // Q, T // Q, b * g * num_chunks)](B, C, CB, l, g, n, num_chunks, T=T, Q=Q, BN=launch.BN,
+                                                       PREC=prec, num_warps=launch.warps)
+    return CB
 
 
 def _sizes(x, B, decay, launch):
@@ -410,10 +451,12 @@ def _sizes(x, B, decay, launch):
     return sizes, dict(T=launch.T, Q=launch.Q, BP=launch.BP, PREC=launch.prec, num_warps=launch.warps)
 
 
-def _chunk_carries(u, v, weights, decay, init, reverse, launch):
+def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     """carry' = decay_c carry + sum_{t in chunk c} weights_t u_t v_t^T over the chunks (last to first if
-    reverse), from init (zeros if None): the carry entering each chunk (b, h, chunks, p, n) and the last.
-    Forward: the states, from (x, B, wout). Backward: dL/d(state leaving each chunk), from (dy, C, win)."""
+    reverse), from init (zeros if None): the carry entering each chunk (b, h, chunks, p, n), the last, and
+    <carry entering chunk c, dot_with[c]> (b, h, chunks) if dot_with is given, else None.
+    Forward: the states, from (x, B, wout). Backward: dL/d(state leaving each chunk), from (dy, C, win),
+    and dL/d decay with dot_with = the states."""
     b, _, h, p = u.shape
     n = v.shape[3]
     sizes, tiles = _sizes(u, v, decay, launch)
@@ -422,49 +465,56 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch):
     _chunk_state[(b * h, num_chunks, triton.cdiv(n, launch.BN_state))](
         u, v, weights, carries, *sizes, **{**tiles, "BN": launch.BN_state})
     last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
-    _state_scan[(b * h, triton.cdiv(p * n, launch.scan_block))](
-        carries, decay, init if init is not None else last, carries, last, num_chunks, p * n,
-        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None)
-    return carries, last
+    blocks = triton.cdiv(p * n, launch.scan_block)
+    dots = None if dot_with is None else torch.empty(b, h, num_chunks, blocks, device=u.device, dtype=torch.float32)
+    _state_scan[(b * h, blocks)](
+        carries, decay, init if init is not None else last, carries, last,
+        dot_with if dot_with is not None else last, dots if dots is not None else last, num_chunks, p * n,
+        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
+    return carries, last, None if dots is None else dots.sum(-1)
 
 
 class SSDChunks(torch.autograd.Function):
-    """(x, B, C, dt, cum, win, wout, decay, initial_states, seq, launch) -> (y before D and z, final_states fp32).
-    Per-token inputs are _token_weights' (b, h, Lp) tensors; gradients flow to all but seq and launch."""
+    """(x, B, C, D, dt, cum, win, wout, decay, initial_states, seq, launch) -> (y before z, final_states fp32).
+    D is (h, p) fp32 or None. Per-token inputs are _token_weights' (b, h, Lp) tensors; gradients flow to all
+    but seq and launch."""
 
     @staticmethod
-    def forward(ctx, x, B, C, dt, cum, win, wout, decay, initial_states, seq, launch):
+    def forward(ctx, x, B, C, D, dt, cum, win, wout, decay, initial_states, seq, launch):
         sizes, tiles = _sizes(x, B, decay, launch)
         b, _, h, _ = x.shape
-        states, final = _chunk_carries(x, B, wout, decay, initial_states, False, launch)
-        CB = _chunk_cb(B, C, launch.T, sizes[1])
+        states, final, _ = _chunk_carries(x, B, wout, decay, initial_states, False, launch)
+        CB = _chunk_cb(B, C, sizes[-1], launch)
         y = torch.empty_like(x)
         _chunk_output[(launch.T // launch.Q, b * h, sizes[-1])](
-            x, CB, C, dt, cum, win, states, seq if seq is not None else dt, y, *sizes,
-            BN=launch.BN, HAS_SEQ=seq is not None, **tiles)
-        ctx.save_for_backward(x, B, C, CB, dt, cum, win, wout, decay, seq, states)
+            x, CB, C, dt, cum, win, states, seq if seq is not None else dt, D if D is not None else dt, y, *sizes,
+            BN=launch.BN, HAS_SEQ=seq is not None, HAS_D=D is not None, **tiles)
+        ctx.save_for_backward(x, B, C, D, CB, dt, cum, win, wout, decay, seq, states)
         ctx.launch = launch
         ctx.init_dtype = None if initial_states is None else initial_states.dtype
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, B, C, CB, dt, cum, win, wout, decay, seq, states = ctx.saved_tensors
+        x, B, C, D, CB, dt, cum, win, wout, decay, seq, states = ctx.saved_tensors
         launch = ctx.launch
         sizes, tiles = _sizes(x, B, decay, launch)
         b, l, h, _ = x.shape
         groups, n = B.shape[2], B.shape[3]
         dy = dy.contiguous()
-        dleaving, dinit = _chunk_carries(dy, C, win, decay, None if dfinal is None else dfinal.float().contiguous(),
-                                         True, launch)
-        ddecay = torch.einsum("bhcpn,bhcpn->bhc", dleaving, states)  # dL/d decay_c = <dL/dS_c+1, S_c>
+        dfinal = None if dfinal is None else dfinal.float().contiguous()
+        # dL/d decay_c = <dL/dS_c+1, S_c>, summed in the same pass
+        dleaving, dinit, ddecay = _chunk_carries(dy, C, win, decay, dfinal, True, launch, dot_with=states)
         seq_ptr = seq if seq is not None else dt
         f32 = dict(device=x.device, dtype=torch.float32)
         args = dict(tiles, Q=launch.grad_Q, BN=launch.BN, HAS_SEQ=seq is not None, num_warps=launch.grad_warps)
         per_head = (launch.T // launch.grad_Q, b * h, sizes[-1])
         dcum, dwin, dx, ddt, dwout = (torch.empty_like(t) for t in (cum, win, x, dt, wout))
+        # dD per (b*h, chunk, tile) program, summed here: no atomics, so the result does not depend on their order.
+        dD = None if D is None else torch.empty(b * h * per_head[2] * per_head[0], x.shape[3], **f32)
         _chunk_grad_rows[per_head](dy, x, C, CB, dt, cum, states, seq_ptr, dcum, dwin, *sizes, **args)
-        _chunk_grad_cols[per_head](dy, x, B, CB, dt, cum, wout, dleaving, seq_ptr, dx, ddt, dwout, *sizes, **args)
+        _chunk_grad_cols[per_head](dy, x, B, CB, dt, cum, wout, dleaving, seq_ptr, D if D is not None else dt,
+                                   dx, ddt, dwout, dD if D is not None else dt, *sizes, **args, HAS_D=D is not None)
         # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
         # heads, the host over the splits.
         splits = h // groups // launch.heads_per_program
@@ -475,10 +525,11 @@ class SSDChunks(torch.autograd.Function):
         _chunk_grad_B[summed](dy, x, C, dt, cum, wout, dleaving, seq_ptr, dB, *sizes, **args_summed)
         # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
         dcum -= ddt * dt
-        dB = dB.view(b, l, groups, splits, n).sum(3).to(B.dtype)
-        dC = dC.view(b, l, groups, splits, n).sum(3).to(C.dtype)
+        dB, dC = (d.view(b, l, groups, splits, n).sum(3) if splits > 1 else d.view(b, l, groups, n) for d in (dB, dC))
+        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
-        return dx, dB, dC, ddt, dcum, dwin, dwout, ddecay, dinit, None, None
+        dD = None if D is None else dD.view(b, h, -1, x.shape[3]).sum((0, 2))
+        return dx, dB, dC, dD, ddt, dcum, dwin, dwout, ddecay, dinit, None, None
 
 
 def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
@@ -499,8 +550,10 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
     dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
     weights = _token_weights(dt, A.float(), seq_idx, launch.T)
     init = None if initial_states is None else initial_states.contiguous()
-    y, final = SSDChunks.apply(x.contiguous(), B.contiguous(), C.contiguous(), *weights[:5], init, weights[5],
+    if D is not None:  # (h,) -> (h, p): autograd sums the gradient back over p
+        D = (D[:, None].expand(-1, x.shape[3]) if D.dim() == 1 else D).float().contiguous()
+    y, final = SSDChunks.apply(x.contiguous(), B.contiguous(), C.contiguous(), D, *weights[:5], init, weights[5],
                                launch)
-    # D and z in fp32: a bf16 epilogue would round the scan output twice.
-    y = gate_output(y.float(), x.float(), D, z).to(x.dtype)
+    if z is not None:  # the gate in fp32 on the kernel's output, which holds the scan and D x
+        y = gate_output(y.float(), x, None, z).to(x.dtype)
     return (y, final) if return_final_states else y

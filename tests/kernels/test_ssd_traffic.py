@@ -1,0 +1,69 @@
+"""The traffic counter counts what a GPU would move: checked on kernels whose traffic is known by hand,
+then on the two scans it compares."""
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from kernels.benchmarks.peers import mamba_ssm_installed
+from kernels.benchmarks.registry import SSDShape
+from kernels.benchmarks.traffic import Counter, count, parse_shape, report, totals
+
+
+@triton.jit
+def _twice(src, dst, n, BLOCK: tl.constexpr):
+    """dst = 2 src, and src read a second time: requested bytes count both reads, the footprint one."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(src + offs, mask=mask)
+    tl.store(dst + offs, a + tl.load(src + offs, mask=mask), mask=mask)
+
+
+@triton.jit
+def _matmul(a, b, c, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    rm, rk, rn = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    prod = tl.dot(tl.load(a + rm[:, None] * K + rk[None, :]), tl.load(b + rk[:, None] * N + rn[None, :]))
+    tl.store(c + rm[:, None] * N + rn[None, :], prod)
+
+
+def test_counts_a_triton_kernel_and_torch_ops_by_hand():
+    src, dst = torch.arange(100, dtype=torch.float32), torch.empty(100, dtype=torch.float32)
+    a, b, c = torch.ones(16, 32), torch.ones(32, 16), torch.empty(16, 16)
+    counter = Counter()
+    with counter.phase("fwd"):
+        _twice[(2,)](src, dst, 100, BLOCK=64)          # 128 lanes, 28 masked off
+        _matmul[(1,)](a, b, c, M=16, K=32, N=16)
+        total = src.view(10, 10).sum(0)                  # the view moves nothing; the sum reads 400, writes 40
+        copy = torch.empty(100)                          # an allocation moves nothing
+        copy.copy_(src)                                  # copy_ writes its first argument without reading it
+    twice, matmul, summed, copied = counter.launches["fwd"]
+    assert (twice.name, twice.kind, twice.read, twice.written, twice.footprint) == ("_twice", "triton", 800, 400, 800)
+    assert dst[5] == 10 and (c == 32).all()              # the kernels still ran
+    assert (matmul.flops, matmul.read, matmul.written) == (2 * 16 * 32 * 16, 4 * (512 + 512), 4 * 256)
+    assert (summed.name, summed.kind, summed.read, summed.written) == ("sum", "torch", 400, 40)
+    assert total.shape == (10,)
+    assert (copied.name, copied.read, copied.written) == ("copy_", 400, 400)
+    assert totals(counter.launches["fwd"])["triton"] == 2
+
+
+def test_parse_shape_names_the_field_at_fault():
+    assert parse_shape("B1_L64_H2_P16_N16_C32_G2") == SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32, g=2)
+    with pytest.raises(ValueError, match="'X3'"):
+        parse_shape("B1_L64_X3_P16_N16_C32")
+    with pytest.raises(ValueError, match="lacks C"):
+        parse_shape("B1_L64_H2_P16_N16")
+
+
+@pytest.mark.skipif(not mamba_ssm_installed(), reason="mamba-ssm is not installed")
+def test_both_scans_move_at_least_their_inputs_and_outputs():
+    shape = SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32)
+    counted = {impl: count(impl, shape) for impl in ("ours", "mamba_ssm")}
+    fp16 = 2
+    x_bytes = shape.b * shape.l * shape.h * shape.p * fp16
+    for impl, phases in counted.items():
+        fwd, bwd = totals(phases["fwd"]), totals(phases["bwd"])
+        assert fwd["footprint"] >= 2 * x_bytes, impl      # x read, y written
+        assert bwd["footprint"] >= 3 * x_bytes, impl      # dy and x read, dx written
+        assert fwd["triton"] >= 3 and bwd["triton"] >= 3, impl
+    text = report(shape, counted, "test")
+    assert "| fwd+bwd | " in text and "ours, bwd, by kernel" in text and "mamba_ssm, fwd, by kernel" in text
