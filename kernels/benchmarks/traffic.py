@@ -226,7 +226,7 @@ def report(shape: SSDShape, counted: dict[str, dict[str, list[Launch]]], command
     lines = [f"# SSD scan memory traffic, counted in the Triton interpreter: {shape.name}", "",
              f"- command: `{command}`", f"- machine: {machine()} (the counts do not depend on it)",
              f"- date: {datetime.date.today()}",
-             f"- torch {torch.__version__}", "", __doc__.split("\n\n", 1)[1].strip(), "",
+             f"- torch {torch.__version__}", "", __doc__.split("\n\n", 1)[1].rstrip(), "",
              "| phase | impl | launches (triton) | requested MB (read + written) | footprint MB | GFLOP |",
              "|---|---|---|---|---|---|"]
     for phase in ("fwd", "bwd", "fwd+bwd"):
