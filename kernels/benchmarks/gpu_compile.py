@@ -130,13 +130,13 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
     return rows
 
 
-def _field(change: str):
-    """'grad_Q=64' -> ('grad_Q', 64), checked against Launch's fields."""
+def launch_field(change: str):
+    """'grad_Q=64' -> ('grad_Q', 64), checked against Launch's fields (the --change of this and the traffic count)."""
     from kernels.ssd.triton_chunked import Launch
     name, _, value = change.partition("=")
     fields = {f.name: f.type for f in dataclasses.fields(Launch)}
     if name not in fields or not value:
-        raise SystemExit(f"kernels.benchmarks.gpu_compile: --change {change!r}: expected FIELD=VALUE with FIELD one of "
+        raise SystemExit(f"--change {change!r}: expected FIELD=VALUE with FIELD one of "
                          f"{sorted(fields)}")
     return name, int(value) if fields[name] is int else value
 
@@ -156,7 +156,7 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernels.benchmarks.gpu_compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     if args.change:
-        variants = {" ".join(args.change): dict(_field(change) for change in args.change)}
+        variants = {" ".join(args.change): dict(launch_field(change) for change in args.change)}
     else:
         from kernels.benchmarks.ssd import launch_variants
         variants = {"default": {}} if args.default_only else launch_variants("bf16")

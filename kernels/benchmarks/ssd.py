@@ -274,6 +274,9 @@ def launch_variants(dot16: str) -> dict[str, dict]:
         "T 128": dict(T=128),
         f"{dot16} operands": dict(prec=dot16),
         f"{dot16} operands, Q 32": dict(prec=dot16, Q=32, grad_Q=32),
+        # dC and dB in two n tiles (the default before session 7): _chunk_grad_C and _B then compute their
+        # dy x^T products once per tile, in fewer registers.
+        "gradients n tile 64": dict(BN_grad=64),
     }
 
 

@@ -3,6 +3,7 @@ in the Triton interpreter on a CPU: what a GPU run would have to move, without a
 
     TRITON_INTERPRET=1 python -m kernels.benchmarks.traffic                 # B1_L1024_H8_P64_N128_C256, fp16
     TRITON_INTERPRET=1 python -m kernels.benchmarks.traffic --shape B1_L2048_H16_P64_N128_C256 --no-keep
+    TRITON_INTERPRET=1 python -m kernels.benchmarks.traffic --impls ours --change BN_grad=128   # another launch
 
 Both scans run forward and backward on the same fp16 inputs (fp16 has bf16's size, and the interpreter
 computes bf16 wrongly). Every launch is counted, with a GPU's view of it:
@@ -13,9 +14,10 @@ computes bf16 wrongly). Every launch is counted, with a GPU's view of it:
   its inputs read once and its outputs written once, footprint = requested. Views and empty
   allocations move nothing.
 
-The SSD scan is memory-bound on an H100 at these sizes (products at p 64, n 128 run far below the
-tensor cores' rate), so the footprint is the first-order predictor of time; a kernel's launch cost
-(a few microseconds) matters at small L. This is a model, not a timing: the GPU suite times both.
+Both scans do fewer products per byte than an H100's ridge (nominally about 150 FLOP per byte with tf32
+products, 300 with bf16 ones; the tables give GFLOP and MB), so the footprint is the first-order predictor
+of time, though not the only one: tensor cores rarely reach their nominal rate, and a kernel's launch
+cost (a few microseconds) matters at small L. This is a model, not a timing: the GPU suite times both.
 """
 import argparse
 import collections
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from kernels.benchmarks.gpu_compile import launch_field
 from kernels.benchmarks.registry import SSDShape
 from kernels.benchmarks.ssd import machine, make_inputs as benchmark_inputs
 
@@ -173,15 +176,17 @@ def make_inputs(shape: SSDShape, dtype, seed=0):
     return {k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
 
 
-def count(impl: str, shape: SSDShape, dtype=torch.float16) -> dict[str, list[Launch]]:
-    """impl's launches for one training step's scan: {"fwd": [...], "bwd": [...]}."""
+def count(impl: str, shape: SSDShape, dtype=torch.float16, launch_change=None) -> dict[str, list[Launch]]:
+    """impl's launches for one training step's scan: {"fwd": [...], "bwd": [...]}. launch_change: ours under
+    default_launch with these fields changed."""
     inputs = make_inputs(shape, dtype)
     dy = torch.randn(shape.b, shape.l, shape.h, shape.p, generator=torch.Generator().manual_seed(1)).to(dtype)
     counter = Counter()
     with contextlib.ExitStack() as stack:
         if impl == "ours":
-            from kernels.ssd import ssd_scan
-            scan = lambda **kw: ssd_scan(**kw, backend="triton")
+            from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+            launch = dataclasses.replace(default_launch(inputs["x"], inputs["B"], shape.chunk), **(launch_change or {}))
+            scan = lambda **kw: ssd_scan_triton(**kw, launch=launch)
         elif impl == "mamba_ssm":
             from kernels.benchmarks.peers import mamba_ssm_imported
             stack.enter_context(mamba_ssm_imported(interpreted=True))
@@ -217,7 +222,7 @@ def by_kernel(launches: list[Launch]) -> list[dict]:
     return sorted(rows.values(), key=lambda r: -r["footprint"])
 
 
-def report(shape: SSDShape, counted: dict[str, dict[str, list[Launch]]], command: str) -> str:
+def report(shape: SSDShape, counted: dict[str, dict[str, list[Launch]]], command: str, launch_change=None) -> str:
     def phases(impl):
         fwd, bwd = counted[impl]["fwd"], counted[impl]["bwd"]
         return {"fwd": totals(fwd), "bwd": totals(bwd), "fwd+bwd": totals(fwd + bwd)}
@@ -225,7 +230,7 @@ def report(shape: SSDShape, counted: dict[str, dict[str, list[Launch]]], command
     summary = {impl: phases(impl) for impl in counted}
     lines = [f"# SSD scan memory traffic, counted in the Triton interpreter: {shape.name}", "",
              f"- command: `{command}`", f"- machine: {machine()} (the counts do not depend on it)",
-             f"- date: {datetime.date.today()}",
+             f"- date: {datetime.date.today()}", f"- our launch: default_launch with {launch_change or 'no change'}",
              f"- torch {torch.__version__}", "", __doc__.split("\n\n", 1)[1].rstrip(), "",
              "| phase | impl | launches (triton) | requested MB (read + written) | footprint MB | GFLOP |",
              "|---|---|---|---|---|---|"]
@@ -276,21 +281,25 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--no-keep", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
+                        help="count ours under default_launch with this Launch field changed (repeatable)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("kernels.benchmarks.traffic counts in the Triton interpreter: run it with TRITON_INTERPRET=1")
     shape = parse_shape(args.shape)
+    launch_change = dict(launch_field(change) for change in args.change)
     counted = {}
     for impl in args.impls:
         print(f"counting {impl} at {shape.name} ...", file=sys.stderr, flush=True)
-        counted[impl] = count(impl, shape)
+        counted[impl] = count(impl, shape, launch_change=launch_change)
     command = "TRITON_INTERPRET=1 python -m kernels.benchmarks.traffic " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    text = report(shape, counted, command.strip())
+    text = report(shape, counted, command.strip(), launch_change)
     print(text)
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        path = args.out_dir / f"ssd_traffic_{shape.name}_{datetime.date.today()}.md"
+        changed = "".join(f"_{key}{value}" for key, value in launch_change.items())
+        path = args.out_dir / f"ssd_traffic_{shape.name}{changed}_{datetime.date.today()}.md"
         path.write_text(text)
         print(f"wrote {path}", file=sys.stderr)
 
