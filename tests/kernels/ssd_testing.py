@@ -1,7 +1,28 @@
 """Shared inputs, cases and tolerances for the SSD tests: one place to read what is compared how."""
+import contextlib
 import dataclasses
+import os
 
+import pytest
 import torch
+
+from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamba_ssm_installed
+
+# Triton's interpreter: tests/conftest.py turns it on where CUDA is absent, before this module is imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="needs the Triton interpreter (on where CUDA is absent)")
+
+
+@contextlib.contextmanager
+def mamba_ssm_or_skip(interpreted=False):
+    """For a fixture: mamba_ssm imported for one test (its Triton kernels in the interpreter if `interpreted`),
+    or the test skipped, saying how to install it."""
+    if not mamba_ssm_installed():
+        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
+    if interpreted and not INTERPRETED:
+        pytest.skip("needs the Triton interpreter (on where CUDA is absent)")
+    with mamba_ssm_imported(interpreted=interpreted):
+        yield
 
 
 @dataclasses.dataclass(frozen=True)

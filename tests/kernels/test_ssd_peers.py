@@ -7,23 +7,19 @@ afterwards, so that transformers never sees it). The transformers tests call the
 functions themselves (`__wrapped__`, set by transformers' kernel decorator), so import order cannot
 switch them to a kernel.
 """
-import os
-
 import pytest
 import torch
 
-from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamba_ssm_installed
 from kernels.conv import causal_conv1d
 from kernels.ssd import ssd_scan
-from ssd_testing import TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, as_float64, assert_close, make_inputs, run_with_grads
+from ssd_testing import (TOL_FP32, TOL_FP32_GRAD, TOL_FP64, Case, as_float64, assert_close, make_inputs,
+                         mamba_ssm_or_skip, run_with_grads)
 
 
 @pytest.fixture
 def mamba_ssm_minimal():
     """mamba_ssm's `ssd_minimal_discrete`, imported for this test only."""
-    if not mamba_ssm_installed():
-        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
-    with mamba_ssm_imported():
+    with mamba_ssm_or_skip():
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
         yield ssd_minimal_discrete
 
@@ -51,11 +47,7 @@ def test_ssd_minimal_discrete_matches(mamba_ssm_minimal):
 def mamba_chunk_scan_combined():
     """mamba_ssm's Triton scan, the one our `ssd_scan` is a drop-in for, in the Triton interpreter (the gpu tier
     compares the compiled one)."""
-    if not mamba_ssm_installed():
-        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs the Triton interpreter (tests/conftest.py turns it on where CUDA is absent)")
-    with mamba_ssm_imported(interpreted=True):
+    with mamba_ssm_or_skip(interpreted=True):
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         yield mamba_chunk_scan_combined
 

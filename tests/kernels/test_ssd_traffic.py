@@ -1,7 +1,5 @@
 """The traffic counter counts what a GPU would move: checked on kernels whose traffic is known by hand,
 then on the two scans it compares."""
-import os
-
 import pytest
 import torch
 import triton
@@ -10,9 +8,7 @@ import triton.language as tl
 from kernels.benchmarks.peers import mamba_ssm_installed
 from kernels.benchmarks.registry import SSDShape
 from kernels.benchmarks.traffic import Counter, count, parse_shape, report, totals
-
-# The counter wraps the Triton interpreter (tests/conftest.py turns it on where CUDA is absent).
-interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
+from ssd_testing import needs_interpreter  # the counter wraps the interpreter
 
 
 @triton.jit
@@ -31,7 +27,7 @@ def _matmul(a, b, c, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
     tl.store(c + rm[:, None] * N + rn[None, :], prod)
 
 
-@interpreted
+@needs_interpreter
 def test_counts_a_triton_kernel_and_torch_ops_by_hand():
     src, dst = torch.arange(100, dtype=torch.float32), torch.empty(100, dtype=torch.float32)
     a, b, c = torch.ones(16, 32), torch.ones(32, 16), torch.empty(16, 16)
@@ -60,7 +56,7 @@ def test_parse_shape_names_the_field_at_fault():
         parse_shape("B1_L64_H2_P16_N16")
 
 
-@interpreted
+@needs_interpreter
 @pytest.mark.skipif(not mamba_ssm_installed(), reason="mamba-ssm is not installed")
 def test_both_scans_move_at_least_their_inputs_and_outputs():
     shape = SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32)

@@ -10,10 +10,9 @@ import dataclasses
 import pytest
 import torch
 
-from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamba_ssm_installed
 from kernels.ssd import ssd_scan
 from ssd_testing import (TOL_BF16, TOL_FP16, TOL_FP32, TOL_FP32_GRAD, TOL_TF32, Case, as_float64,
-                         assert_close, make_inputs, run_with_grads)
+                         assert_close, make_inputs, mamba_ssm_or_skip, run_with_grads)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -162,9 +161,7 @@ def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
 
 @pytest.fixture
 def mamba_chunk_scan_combined():
-    if not mamba_ssm_installed():
-        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
-    with mamba_ssm_imported():
+    with mamba_ssm_or_skip():
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         yield mamba_chunk_scan_combined
 
