@@ -9,7 +9,9 @@ How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU ten
 (with L cut to 4,096 tokens: the sizes Triton specialises on keep their divisibility by 16), every kernel
 launch replaced by a recorder. Each recorded call is compiled for the target as Triton's launcher would
 (pointers aligned to 16 bytes and integers divisible by 16 marked so),
-and cuobjdump reads the registers and stack of the cubin. Must run without TRITON_INTERPRET.
+and cuobjdump reads the registers and stack of the cubin. From registers, warps and shared memory, CUDA's
+occupancy rules give the warps an SM keeps resident: the loads of a memory-bound kernel wait behind them.
+Must run without TRITON_INTERPRET.
 """
 import argparse
 import dataclasses
@@ -25,10 +27,14 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-KERNELS = ("_cb_products", "_chunk_state", "_state_scan", "_chunk_output", "_chunk_grad_rows", "_chunk_grad_C",
-           "_chunk_grad_cols", "_chunk_grad_B")
+KERNELS = ("_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_chunk_output", "_chunk_grad_rows",
+           "_chunk_grad_C", "_chunk_grad_cols", "_chunk_grad_B", "_token_weights_bwd")
 # Shared memory per block (opt-in maximum), bytes: A100 and H100/H200.
 MAX_SHARED = {80: 166912, 90: 232448}
+# Per SM (CUDA occupancy calculator, compute capabilities 8.0 and 9.0): shared memory (of which 1 KB is
+# reserved per block), 32-bit registers, warps and blocks.
+SM_SHARED = {80: 167936, 90: 233472}
+SM_REGISTERS, SM_WARPS, SM_BLOCKS = 65536, 64, 32
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
 
 
@@ -87,6 +93,8 @@ def compile_call(kernel, args, kwargs, arch):
             signature[name] = "i32" if abs(value) < 2**31 else "i64"
             if value % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
         else:
             raise TypeError(f"kernels.benchmarks.gpu_compile: {kernel.__name__} argument {name} = {value!r}")
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
@@ -95,6 +103,16 @@ def compile_call(kernel, args, kwargs, arch):
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
     return compiled.metadata.shared, registers, stack, mma
+
+
+def resident_warps(arch: int, registers: int, warps: int, shared: int) -> tuple[int, str]:
+    """Warps one SM holds at once for a kernel of this registers per thread, warps per block and shared bytes per
+    block, and what limits them. Memory-bound kernels hide their loads' latency behind other resident warps."""
+    per_warp = -(-registers * 32 // 256) * 256  # registers are given to a warp in units of 256
+    blocks = {"registers": SM_REGISTERS // per_warp // warps, "shared memory": SM_SHARED[arch] // (shared + 1024),
+              "warps": SM_WARPS // warps, "blocks": SM_BLOCKS}
+    limit = min(blocks, key=blocks.get)
+    return blocks[limit] * warps, limit
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
@@ -123,9 +141,11 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
         calls, launch = record_launches(shape, dtype_of[dtype], change, with_seq)
         for phase, kernel, args, kwargs in calls:
             shared, registers, stack, mma = compile_call(kernel, args, dict(kwargs), arch)
+            warps = kwargs.get("num_warps", 4)
+            resident, limit = resident_warps(arch, registers, warps, shared)
             rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
-                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch],
-                             warps=kwargs.get("num_warps", 4)))
+                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps,
+                             resident_warps=resident, resident_limit=limit))
             print(f"  {label}: {rows[-1]}", file=sys.stderr)
     return rows
 
@@ -166,9 +186,10 @@ def main(argv=None):
         print(json.dumps(rows))
         return
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
-              "spill stack B/thread"]
+              "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
-              "yes" if r["fits"] else "NO", r["registers"], r["stack"]] for r in rows]
+              "yes" if r["fits"] else "NO", r["registers"], r["stack"], f"{r['resident_warps']} ({r['resident_limit']})"]
+             for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)

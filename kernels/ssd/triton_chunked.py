@@ -1,4 +1,5 @@
-"""Chunked SSD in Triton: eight kernels under one autograd.Function, in mamba_ssm's chunk layout.
+"""Chunked SSD in Triton: eight kernels under one autograd.Function and two under another, in mamba_ssm's
+chunk layout.
 
 Per (batch, head) the sequence is cut into chunks of T tokens (T = chunk_size rounded down to a
 power of two, 16..256), and a chunk is worked on in tiles of Q tokens (Q <= 64, so that a (Q, Q)
@@ -13,23 +14,25 @@ zeroes win, wout and decay across sequence boundaries and masks the in-chunk sum
 a chunk belongs to the sequence alive at the previous chunk's last token; for chunk 0, to the
 sequence at token 0, where initial_states belongs).
 
-These per-token weights are plain torch with autograd, outside the Function (`_token_weights`):
-the kernels do only the blocked work, return gradients for win, wout, decay, cum and dt, and autograd
-carries those on to dt, A and dt_bias. C_t . B_s is the same for every head of a group (for all
-heads when g = 1), so it is computed once per group and chunk (`_cb_products`) and the kernels read
-its tiles instead of recomputing it per head.
+These per-token weights come from the raw dt (with dt_bias, softplus and dt_limit, as mamba_ssm's
+_chunk_cumsum does) in one kernel under their own Function (`TokenWeights`); the chunk kernels return
+gradients for win, wout, decay, cum and dt, and one more kernel takes those back to dt, A and dt_bias.
+C_t . B_s is the same for every head of a group (for all heads when g = 1), so it is computed once per
+group and chunk (`_cb_products`) and the kernels read its tiles instead of recomputing it per head.
 
-    forward:  _cb_products      C_t . B_s per group, the tiles on and below the diagonal
-              _chunk_state      each chunk's own contribution to the state     (parallel over chunks)
-              _state_scan       S_c for every chunk: the only sequential part   (elementwise)
-              _chunk_output     y + D x, one Q-row tile at a time               (parallel over tiles)
-    backward: _chunk_state      dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
-              _state_scan       in reverse: dL/d(state leaving chunk c), and dL/d decay_c
-              _chunk_grad_rows  dL/dwin and cum's row terms, per head and Q-row tile
-              _chunk_grad_C     dC, per block of a group's heads and Q-row tile
-              _chunk_grad_cols  dx (D dy included), dD, dL/dwout, dL/ddt and cum's column terms, per head
-                                and Q-column tile
-              _chunk_grad_B     dB, per block of a group's heads and Q-column tile
+    forward:  _token_weights_fwd  dt, cum, win, wout and decay from the raw dt    (parallel over chunks)
+              _cb_products        C_t . B_s per group, the tiles on and below the diagonal
+              _chunk_state        each chunk's own contribution to the state       (parallel over chunks)
+              _state_scan         S_c for every chunk: the only sequential part     (elementwise)
+              _chunk_output       y + D x, one Q-row tile at a time                 (parallel over tiles)
+    backward: _chunk_state        dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
+              _state_scan         in reverse: dL/d(state leaving chunk c), and dL/d decay_c
+              _chunk_grad_rows    dL/dwin and cum's row terms, per head and Q-row tile
+              _chunk_grad_C       dC, per block of a group's heads and Q-row tile
+              _chunk_grad_cols    dx (D dy included), dD, dL/dwout, dL/ddt and cum's column terms, per head
+                                  and Q-column tile
+              _chunk_grad_B       dB, per block of a group's heads and Q-column tile
+              _token_weights_bwd  the weights' gradients taken back to the raw dt, A and dt_bias
 
 _chunk_grad_C and _chunk_grad_B take a block of heads of one group per program and sum dC and dB over
 them in registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
@@ -42,11 +45,10 @@ and reading them (kernels/README.md).
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.ssd.naive import gate_output, process_dt
+from kernels.ssd.naive import gate_output
 
 MAX_CHUNK = 256  # T: longer chunks keep fewer states but do more quadratic in-chunk work
 MAX_TILE = 64    # Q
@@ -118,6 +120,86 @@ def _in_chunk_decay(cum_t, cum_s, t, s, seq_ptr, seq_row, HAS_SEQ: tl.constexpr)
         keep = keep & (tl.load(seq_ptr + seq_row + t)[:, None] == tl.load(seq_ptr + seq_row + s)[None, :])
     # -inf before exp: where s > t the exponent is positive and could overflow.
     return tl.exp(tl.where(keep, cum_t[:, None] - cum_s[None, :], float("-inf")))
+
+
+@triton.jit
+def _dt_chunk(dt_ptr, bias_ptr, A_ptr, seq_ptr, i_b, i_h, c, l, h, Lp, lo, hi, T: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """Chunk c of one (batch, head) from the raw dt (b, l, h): dt processed as process_dt does it (zero past l),
+    cum, the 0/1 gates seq_idx puts on win, wout and decay, and, for the backward, dt before softplus (u) and
+    before the clamp (pre)."""
+    t = c * T + tl.arange(0, T)
+    valid = t < l
+    u = tl.load(dt_ptr + (i_b * l + t) * h + i_h, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        u += tl.load(bias_ptr + i_h)
+    pre = u
+    if SOFTPLUS:  # torch's softplus: the identity above 20
+        pre = tl.where(u <= 20.0, tl.log(1.0 + tl.exp(u)), u)
+    dt = pre
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, lo), hi)
+    dt = tl.where(valid, dt, 0.0)  # padding to whole chunks: dt = 0, no decay, no input
+    cum = tl.cumsum(tl.load(A_ptr + i_h) * dt, 0)
+    cum_end = tl.sum(tl.where(tl.arange(0, T) == T - 1, cum, 0.0), 0)
+    gate_in, gate_out, gate_decay = 1.0, 1.0, 1.0
+    if HAS_SEQ:  # seq is padded to Lp with its last value
+        seq_t = tl.load(seq_ptr + i_b * Lp + t)
+        before = tl.load(seq_ptr + i_b * Lp + tl.maximum(c * T - 1, 0))  # alive before the chunk
+        end = tl.load(seq_ptr + i_b * Lp + c * T + T - 1)
+        gate_in, gate_out = (seq_t == before).to(tl.float32), (seq_t == end).to(tl.float32)
+        gate_decay = (end == before).to(tl.float32)
+    return t, valid, dt, cum, cum_end, gate_in, gate_out, gate_decay, u, pre
+
+
+@triton.jit
+def _token_weights_fwd(dt_ptr, bias_ptr, A_ptr, seq_ptr, dt_out_ptr, cum_ptr, win_ptr, wout_ptr, decay_ptr,
+                       l, h, Lp, num_chunks, lo, hi, T: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """Grid (b*h, chunks): one chunk's per-token weights."""
+    i_bh, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_b, i_h = i_bh // h, i_bh % h
+    t, valid, dt, cum, cum_end, gate_in, gate_out, gate_decay, u, pre = _dt_chunk(
+        dt_ptr, bias_ptr, A_ptr, seq_ptr, i_b, i_h, c, l, h, Lp, lo, hi, T, HAS_BIAS, SOFTPLUS, HAS_LIMIT, HAS_SEQ)
+    row = i_bh * Lp + t
+    tl.store(dt_out_ptr + row, dt)
+    tl.store(cum_ptr + row, cum)
+    tl.store(win_ptr + row, tl.exp(cum) * gate_in)
+    tl.store(wout_ptr + row, tl.exp(cum_end - cum) * dt * gate_out)
+    tl.store(decay_ptr + i_bh * num_chunks + c, tl.exp(cum_end) * gate_decay)
+
+
+@triton.jit
+def _token_weights_bwd(dt_ptr, bias_ptr, A_ptr, seq_ptr, ddt_out_ptr, dcum_ptr, dwin_ptr, dwout_ptr, ddecay_ptr,
+                       ddt_ptr, dA_ptr, dbias_ptr, l, h, Lp, num_chunks, lo, hi, T: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+                       HAS_SEQ: tl.constexpr):
+    """Grid (b*h, chunks): the weights recomputed from the raw dt, their gradients taken back to the raw dt,
+    and this chunk's shares of dA and d dt_bias (summed on the host: no atomics)."""
+    i_bh, c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_b, i_h = i_bh // h, i_bh % h
+    t, valid, dt, cum, cum_end, gate_in, gate_out, gate_decay, u, pre = _dt_chunk(
+        dt_ptr, bias_ptr, A_ptr, seq_ptr, i_b, i_h, c, l, h, Lp, lo, hi, T, HAS_BIAS, SOFTPLUS, HAS_LIMIT, HAS_SEQ)
+    row = i_bh * Lp + t
+    to_end = tl.exp(cum_end - cum) * gate_out        # wout = to_end dt
+    dwout_wout = tl.load(dwout_ptr + row) * to_end * dt
+    dcum = tl.load(dcum_ptr + row) + tl.load(dwin_ptr + row) * tl.exp(cum) * gate_in - dwout_wout
+    dcum_end = tl.sum(dwout_wout, 0) + tl.load(ddecay_ptr + i_bh * num_chunks + c) * tl.exp(cum_end) * gate_decay
+    dcum += tl.where(tl.arange(0, T) == T - 1, dcum_end, 0.0)
+    # cum_t = sum_{s <= t} A dt_s, so d(A dt_s) = sum_{t >= s} dcum_t.
+    dAdt = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
+    A = tl.load(A_ptr + i_h)
+    ddt = tl.load(ddt_out_ptr + row) + tl.load(dwout_ptr + row) * to_end + A * dAdt
+    tl.store(dA_ptr + i_bh * num_chunks + c, tl.sum(dt * dAdt, 0))
+    if HAS_LIMIT:  # torch.clamp passes the gradient where lo <= value <= hi
+        ddt = tl.where((pre >= lo) & (pre <= hi), ddt, 0.0)
+    if SOFTPLUS:
+        e = tl.exp(tl.minimum(u, 20.0))
+        ddt = tl.where(u <= 20.0, ddt * e / (e + 1.0), ddt)
+    ddt = tl.where(valid, ddt, 0.0)
+    tl.store(ddt_ptr + (i_b * l + t) * h + i_h, ddt.to(ddt_ptr.dtype.element_ty), mask=valid)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + i_bh * num_chunks + c, tl.sum(ddt, 0))
 
 
 @triton.jit
@@ -413,28 +495,46 @@ def default_launch(x, B, chunk_size) -> Launch:
                   prec="ieee" if exact else "tf32")
 
 
-def _token_weights(dt, A, seq_idx, T):
-    """dt (b, l, h) fp32 processed, A (h,) fp32 -> per-token (b, h, Lp) fp32, padded with dt = 0 to whole
-    chunks: dt, cum (A dt summed within the chunk), win (the entering state's weight), wout (the
-    weight towards the chunk's end); decay (b, h, chunks); seq (b, Lp) int32 or None. Differentiable (autograd)."""
-    b, l, h = dt.shape
-    num_chunks = max(1, triton.cdiv(l, T))
-    Lp = num_chunks * T
-    dt = F.pad(dt.transpose(1, 2), (0, Lp - l)).reshape(b, h, num_chunks, T)
-    cum = (dt * A[:, None, None]).cumsum(-1)
-    cum_end = cum[..., -1:]
-    win, wout, decay = cum.exp(), (cum_end - cum).exp() * dt, cum_end.squeeze(-1).exp()
-    seq = None
-    if seq_idx is not None:
-        last = seq_idx[:, -1:] if l else seq_idx.new_zeros(b, 1)
-        seq = torch.cat([seq_idx, last.expand(b, Lp - l)], 1).to(torch.int32).contiguous()
-        chunks = seq.view(b, 1, num_chunks, T)
-        before = torch.cat([chunks[:, :, :1, :1], chunks[:, :, :-1, -1:]], 2)  # alive before each chunk
-        end = chunks[..., -1:]
-        win, wout = win * (chunks == before), wout * (chunks == end)
-        decay = decay * (end == before).squeeze(-1)
-    flat = [t.reshape(b, h, Lp).contiguous() for t in (dt, cum, win, wout)]
-    return (*flat, decay.contiguous(), seq)
+class TokenWeights(torch.autograd.Function):
+    """(dt (b, l, h) raw, A (h,) fp32, dt_bias (h,) fp32 or None, seq (b, Lp) int32 or None, T, dt_softplus,
+    dt_limit) -> per-token (b, h, Lp) fp32, padded with dt = 0 to whole chunks: dt processed (process_dt's
+    bias, softplus, clamp), cum (A dt summed within the chunk), win (the entering state's weight), wout (the
+    weight towards the chunk's end); and decay (b, h, chunks). One kernel each way; the backward recomputes
+    the weights from the raw dt rather than reading them back."""
+
+    @staticmethod
+    def forward(ctx, dt, A, dt_bias, seq, T, dt_softplus, dt_limit):
+        b, l, h = dt.shape
+        num_chunks = max(1, triton.cdiv(l, T))
+        Lp = num_chunks * T
+        weights = [torch.empty(b, h, Lp, device=dt.device, dtype=torch.float32) for _ in range(4)]
+        decay = torch.empty(b, h, num_chunks, device=dt.device, dtype=torch.float32)
+        ctx.sizes = (l, h, Lp, num_chunks, float(dt_limit[0]), float(dt_limit[1]))
+        ctx.flags = dict(T=T, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+                         HAS_LIMIT=tuple(dt_limit) != (0.0, float("inf")), HAS_SEQ=seq is not None)
+        _token_weights_fwd[(b * h, num_chunks)](dt, dt if dt_bias is None else dt_bias, A, dt if seq is None else seq,
+                                                *weights, decay, *ctx.sizes, **ctx.flags)
+        ctx.save_for_backward(dt, A, dt_bias, seq)
+        return (*weights, decay)
+
+    @staticmethod
+    def backward(ctx, ddt_out, dcum, dwin, dwout, ddecay):
+        dt, A, dt_bias, seq = ctx.saved_tensors
+        b, l, h = dt.shape
+        num_chunks = ctx.sizes[3]
+        ddt = torch.empty_like(dt)
+        dA, dbias = (torch.empty(b, h, num_chunks, device=dt.device, dtype=torch.float32) for _ in range(2))
+        grads = [g.contiguous() for g in (ddt_out, dcum, dwin, dwout, ddecay)]
+        _token_weights_bwd[(b * h, num_chunks)](dt, dt if dt_bias is None else dt_bias, A, dt if seq is None else seq,
+                                                *grads, ddt, dA, dbias, *ctx.sizes, **ctx.flags)
+        return (ddt, dA.sum((0, 2)), None if dt_bias is None else dbias.sum((0, 2)), None, None, None, None)
+
+
+def _padded_seq(seq_idx, Lp):
+    """seq_idx (b, l) -> (b, Lp) int32, padded with its last value (the padding belongs to the last sequence)."""
+    b, l = seq_idx.shape
+    last = seq_idx[:, -1:] if l else seq_idx.new_zeros(b, 1)
+    return torch.cat([seq_idx, last.expand(b, Lp - l)], 1).to(torch.int32).contiguous()
 
 
 def _chunk_cb(B, C, num_chunks, launch):
@@ -484,7 +584,7 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
 
 class SSDChunks(torch.autograd.Function):
     """(x, B, C, D, dt, cum, win, wout, decay, initial_states, seq, launch) -> (y before z, final_states fp32).
-    D is (h, p) fp32 or None. Per-token inputs are _token_weights' (b, h, Lp) tensors; gradients flow to all
+    D is (h, p) fp32 or None. Per-token inputs are TokenWeights' (b, h, Lp) tensors; gradients flow to all
     but seq and launch."""
 
     @staticmethod
@@ -498,6 +598,9 @@ class SSDChunks(torch.autograd.Function):
             x, CB, C, dt, cum, win, states, seq if seq is not None else dt, D if D is not None else dt, y, *sizes,
             BN=launch.BN, HAS_SEQ=seq is not None, HAS_D=D is not None, **tiles)
         ctx.save_for_backward(x, B, C, D, CB, dt, cum, win, wout, decay, seq, states)
+        # An output nobody used gets None, not a tensor of zeros: final_states mostly goes unused, and its
+        # zeros would be written, then read by the reverse state scan.
+        ctx.set_materialize_grads(False)
         ctx.launch = launch
         ctx.init_dtype = None if initial_states is None else initial_states.dtype
         return y, final
@@ -509,7 +612,7 @@ class SSDChunks(torch.autograd.Function):
         sizes, tiles = _sizes(x, B, decay, launch)
         b, l, h, _ = x.shape
         groups, n = B.shape[2], B.shape[3]
-        dy = dy.contiguous()
+        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
         dfinal = None if dfinal is None else dfinal.float().contiguous()
         # dL/d decay_c = <dL/dS_c+1, S_c>, summed in the same pass
         dleaving, dinit, ddecay = _chunk_carries(dy, C, win, decay, dfinal, True, launch, dot_with=states)
@@ -555,13 +658,15 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
                          "(use backend='torch' or 'naive' for float64)")
     launch = launch or default_launch(x, B, chunk_size)
     launch.check(x.shape[2] // B.shape[2])
-    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
-    weights = _token_weights(dt, A.float(), seq_idx, launch.T)
+    num_chunks = max(1, triton.cdiv(x.shape[1], launch.T))
+    seq = None if seq_idx is None else _padded_seq(seq_idx, num_chunks * launch.T)
+    weights = TokenWeights.apply(dt.contiguous(), A.float().contiguous(),
+                                 None if dt_bias is None else dt_bias.float().contiguous(), seq, launch.T,
+                                 dt_softplus, tuple(dt_limit))
     init = None if initial_states is None else initial_states.contiguous()
     if D is not None:  # (h,) -> (h, p): autograd sums the gradient back over p
         D = (D[:, None].expand(-1, x.shape[3]) if D.dim() == 1 else D).float().contiguous()
-    y, final = SSDChunks.apply(x.contiguous(), B.contiguous(), C.contiguous(), D, *weights[:5], init, weights[5],
-                               launch)
+    y, final = SSDChunks.apply(x.contiguous(), B.contiguous(), C.contiguous(), D, *weights, init, seq, launch)
     if z is not None:  # the gate in fp32 on the kernel's output, which holds the scan and D x
         y = gate_output(y.float(), x, None, z).to(x.dtype)
     return (y, final) if return_final_states else y

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels.benchmarks.gpu_compile import KERNELS
+from kernels.benchmarks.gpu_compile import KERNELS, resident_warps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,3 +38,16 @@ def test_a_launch_that_asks_too_much_shared_memory_is_reported():
     rows = compile_for_sm90("--change", "grad_Q=128")
     too_big = {row["kernel"] for row in rows if not row["fits"]}
     assert too_big and too_big <= {"_chunk_grad_rows", "_chunk_grad_C", "_chunk_grad_cols", "_chunk_grad_B"}, rows
+
+
+def test_resident_warps_by_hand():
+    # 255 registers: a warp takes 32 * 256 = 8192 of the SM's 65536, so one block of 8 warps.
+    assert resident_warps(90, registers=255, warps=8, shared=82432) == (8, "registers")
+    # 151 registers (152 * 32 a warp: 13 warps, 3 blocks of 4), but 81 KB + 1 KB reserved: 2 blocks.
+    assert resident_warps(90, registers=151, warps=4, shared=82944) == (8, "shared memory")
+    # 34 registers: 1280 a warp, 51 warps, 12 blocks of 4 = 48 warps, below the SM's 64.
+    assert resident_warps(90, registers=34, warps=4, shared=0) == (48, "registers")
+    assert resident_warps(90, registers=16, warps=4, shared=0) == (64, "warps")
+    # The A100 has less: 164 KB a SM, where two blocks of 88 KB (+ 1 KB each) do not fit, but fit an H100.
+    assert resident_warps(80, registers=151, warps=4, shared=90112) == (4, "shared memory")
+    assert resident_warps(90, registers=151, warps=4, shared=90112) == (8, "shared memory")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kernels.ssd import ssd_scan
+from kernels.ssd.naive import process_dt
 from ssd_testing import (TOL_BF16, TOL_FP16, TOL_FP32, TOL_FP32_GRAD, TOL_TF32, Case, as_float64,
                          assert_close, make_inputs, mamba_ssm_or_skip, run_with_grads)
 
@@ -58,6 +59,82 @@ def compare_to_naive(case, dtype, tol, tol_grad, device=DEVICE):
 @pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.name)
 def test_triton_matches_naive(case, nan_filled_allocations):
     compare_to_naive(case, torch.float32, TOL_FP32, TOL_FP32_GRAD)
+
+
+@pytest.mark.parametrize("used", ["y", "final_states"])
+def test_triton_gradient_through_one_output(used, nan_filled_allocations):
+    """Autograd hands the Function None for the output nobody used (no tensor of zeros): only y, as when
+    final_states is not returned, or only final_states, as a block whose outputs are discarded."""
+    case = Case("one_output", l=40, p=16, n=16, chunk=16, D="hp", seq_idx=True)
+    kw = make_inputs(case, torch.float32, DEVICE)
+    ref = as_float64(kw)
+    names = [k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+    def grads(kw, backend):
+        y, final = ssd_scan(**kw, return_final_states=True, backend=backend)
+        out = y if used == "y" else final
+        cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        return torch.autograd.grad(out, [kw[k] for k in names], cotangent.to(out), allow_unused=True)
+
+    zero_if_none = lambda grad, name: torch.zeros_like(ref[name]) if grad is None else grad  # unreached: C, z, D
+    for name, got, want in zip(names, grads(kw, "triton"), grads(ref, "naive")):
+        assert_close(zero_if_none(got, name), zero_if_none(want, name), TOL_FP32_GRAD,
+                     f"d{name} through {used} only")
+
+
+def token_weights_reference(dt, A, dt_bias, seq, T, dt_softplus, dt_limit):
+    """TokenWeights in plain torch under autograd (what it replaced), in dt's dtype."""
+    b, l, h = dt.shape
+    num_chunks = max(1, -(-l // T))
+    dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, dt.dtype)
+    dt = torch.nn.functional.pad(dt.transpose(1, 2), (0, num_chunks * T - l)).reshape(b, h, num_chunks, T)
+    cum = (dt * A[:, None, None]).cumsum(-1)
+    cum_end = cum[..., -1:]
+    win, wout, decay = cum.exp(), (cum_end - cum).exp() * dt, cum_end.squeeze(-1).exp()
+    if seq is not None:
+        chunks = seq.view(b, 1, num_chunks, T)
+        before = torch.cat([chunks[:, :, :1, :1], chunks[:, :, :-1, -1:]], 2)  # alive before each chunk
+        end = chunks[..., -1:]
+        win, wout, decay = win * (chunks == before), wout * (chunks == end), decay * (end == before).squeeze(-1)
+    return *(t.reshape(b, h, -1) for t in (dt, cum, win, wout)), decay
+
+
+@pytest.mark.parametrize("dt_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("options", [
+    dict(dt_softplus=True, dt_limit=(0.0, float("inf")), bias=True, seq=True),
+    dict(dt_softplus=True, dt_limit=(0.02, 0.3), bias=False, seq=False),
+    dict(dt_softplus=False, dt_limit=(0.0, 0.25), bias=True, seq=True),
+], ids=["softplus_seq", "softplus_limit", "limit_only_seq"])
+def test_token_weights_kernels_match_torch(options, dt_dtype, nan_filled_allocations):
+    """Both kernels against the torch they replaced: every output, and the gradients of dt, A and dt_bias under
+    random cotangents on all five. Raw dt spans softplus's identity branch (above 20) and both sides of the
+    clamp; seq_idx changes inside a chunk and at a chunk's first token; l = 45 leaves 19 tokens of padding."""
+    from kernels.ssd.triton_chunked import TokenWeights, _padded_seq
+    b, l, h, T = 2, 45, 3, 16
+    gen = torch.Generator().manual_seed(0)
+    dt = (torch.randn(b, l, h, generator=gen) * 2 - 2).to(dt_dtype)
+    dt[0, 3, 0], dt[1, 7, 2] = 25.0, 21.0  # softplus is the identity there
+    A = -torch.rand(h, generator=gen) * 4 - 0.5
+    bias = torch.randn(h, generator=gen) * 0.5 if options["bias"] else None
+    seq_idx = torch.tensor([[0] * 7 + [1] * 25 + [2] * 13, [0] * 32 + [1] * 13], dtype=torch.int32)
+    seq = _padded_seq(seq_idx, 48) if options["seq"] else None
+    args = (T, options["dt_softplus"], options["dt_limit"])
+
+    def run(fn, *inputs):
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+        outs = fn(*leaves, seq, *args)
+        cotangents = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+                      for i, o in enumerate(outs)]
+        wanted = [t for t in leaves if t is not None]
+        return outs, torch.autograd.grad(outs, wanted, [c.to(o) for c, o in zip(cotangents, outs)])
+
+    outs, grads = run(TokenWeights.apply, dt, A, bias)  # dt in its dtype, A and dt_bias fp32
+    outs_ref, grads_ref = run(token_weights_reference, *(t if t is None else t.double() for t in (dt, A, bias)))
+    for name, got, want in zip(("dt", "cum", "win", "wout", "decay"), outs, outs_ref):
+        assert_close(got, want, TOL_FP32, name)
+    assert grads[0].dtype == dt_dtype  # the gradient comes back in the raw dt's dtype
+    for name, got, want in zip(("ddt", "dA", "ddt_bias"), grads, grads_ref):
+        assert_close(got, want, TOL_FP32_GRAD, name)
 
 
 def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
