@@ -29,7 +29,7 @@ GPUS_PER_NODE ?= 8
 PARTITION ?=
 TIME ?= 04:00:00
 
-.PHONY: help install test test-slow test-gpu test-slurm data train eval report leaderboard bench bench-compile bench-traffic bench-data bench-gpu bench-memory slurm clean
+.PHONY: help install test test-slow test-gpu test-slurm data train eval report leaderboard bench bench-compile bench-traffic bench-predict bench-data bench-gpu bench-memory slurm clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ bench-compile: install ## compile the Triton kernels for an H100 here, no GPU ne
 
 bench-traffic: install ## bytes our Triton SSD scan moves vs mamba_ssm's, counted in the Triton interpreter (no GPU)
 	TRITON_INTERPRET=1 $(PY) -m kernels.benchmarks.traffic
+
+bench-predict: install ## the traffic counts scaled to the GPU suite's shapes, read against the kept H100 table (no GPU)
+	TRITON_INTERPRET=1 $(PY) -m kernels.benchmarks.predict
 
 bench-data: install ## synthetic-world generation speed and loader throughput
 	$(PY) -m datamodules.benchmarks

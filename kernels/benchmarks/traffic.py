@@ -10,7 +10,7 @@ computes bf16 wrongly). Every launch is counted, with a GPU's view of it:
 - a Triton kernel: every load and store its programs issue (lanes masked off excluded), in bytes
   ("requested"), and the distinct bytes it touches ("footprint": what DRAM moves if L2 kept
   everything within a launch and nothing between launches); its tl.dot products, 2 m n k each;
-- a torch op between kernels (ours builds per-token weights in torch, mamba_ssm pads and rearranges):
+- a torch op between kernels (casts and sums of partial gradients; mamba_ssm also pads and rearranges):
   its inputs read once and its outputs written once, footprint = requested. Views and empty
   allocations move nothing.
 
