@@ -178,8 +178,10 @@ def main(argv=None):
     if args.change:
         variants = {" ".join(args.change): dict(launch_field(change) for change in args.change)}
     else:
-        from kernels.benchmarks.ssd import launch_variants
-        variants = {"default": {}} if args.default_only else launch_variants("bf16")
+        from kernels.benchmarks.registry import SSD_GPU
+        from kernels.benchmarks.ssd import SWEEP_SHAPE, launch_variants
+        sweep = SSD_GPU[SWEEP_SHAPE]
+        variants = {"default": {}} if args.default_only else launch_variants("bf16", sweep.h // sweep.g)
     packed = {"no": (False,), "yes": (True,), "both": (False, True)}[args.seq_idx]
     rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
     if args.json:
@@ -188,8 +190,8 @@ def main(argv=None):
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
               "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
-              "yes" if r["fits"] else "NO", r["registers"], r["stack"], f"{r['resident_warps']} ({r['resident_limit']})"]
-             for r in rows]
+              "yes" if r["fits"] else "NO", r["registers"], r["stack"],
+              f"{r['resident_warps']} ({r['resident_limit']})"] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)

@@ -1,6 +1,6 @@
 """What the traffic counts predict for the GPU suite's shapes, read against a kept GPU table.
 
-    TRITON_INTERPRET=1 python -m kernels.benchmarks.predict          # against the H100 table, counts at H 16, 32; checked at 8
+    TRITON_INTERPRET=1 python -m kernels.benchmarks.predict          # the H100 table; counts at H 16, 32, check at 8
     TRITON_INTERPRET=1 python -m kernels.benchmarks.predict --gpu-table results/ssd_<gpu>_<date>.md --check-heads
 
 make bench-traffic counts, in the interpreter, the bytes each scan's launches touch (footprint) at
@@ -120,7 +120,8 @@ def report(rows, checks, heads, gpu_table: Path, bandwidth, command) -> str:
                   f"{round(100 * (c['line'] / c['counted'] - 1), 1) + 0.0:+.1f}% |" for c in checks]  # no -0.0
         lines.append("")
     lines += ["| shape | mode | footprint GB: ours / mamba_ssm | at copy bandwidth, ms: ours / mamba_ssm | "
-              "mamba_ssm measured ms (share of copy bandwidth) | share ours needs for 1.0x |", "|---|---|---|---|---|---|"]
+              "mamba_ssm measured ms (share of copy bandwidth) | share ours needs for 1.0x |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
         measured = (f"{r['peer_time'] * 1e3:.2f} ({100 * r['peer_share']:.0f}%)", f"{100 * r['ours_needs']:.0f}%") \
             if "peer_time" in r else ("n/a", "n/a")

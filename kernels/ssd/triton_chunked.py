@@ -627,10 +627,11 @@ class SSDChunks(torch.autograd.Function):
         _chunk_grad_cols[per_head](dy, x, B, CB, dt, cum, wout, dleaving, seq_ptr, D if D is not None else dt,
                                    dx, ddt, dwout, dD if D is not None else dt, *sizes, **args, HAS_D=D is not None)
         # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
-        # heads, the host over the splits.
+        # heads, the host over the splits (in fp32; with one split the kernels write dC and dB as they are).
         splits = h // groups // launch.heads_per_program
         summed = (launch.T // launch.grad_Q, b * groups * splits * triton.cdiv(n, launch.BN_grad), sizes[-1])
-        dC, dB = (torch.empty(b, l, groups * splits, n, **f32) for _ in range(2))
+        dC, dB = (torch.empty(b, l, groups * splits, n, device=x.device, dtype=torch.float32 if splits > 1 else t.dtype)
+                  for t in (C, B))
         args_summed = dict(args, BN=launch.BN_grad, HP=launch.heads_per_program)
         _chunk_grad_C[summed](dy, x, B, dt, cum, win, states, seq_ptr, dC, *sizes, **args_summed)
         _chunk_grad_B[summed](dy, x, C, dt, cum, wout, dleaving, seq_ptr, dB, *sizes, **args_summed)
