@@ -108,7 +108,7 @@ def token_weights_reference(dt, A, dt_bias, seq, T, dt_softplus, dt_limit):
 def test_token_weights_kernels_match_torch(options, dt_dtype, nan_filled_allocations):
     """Both kernels against the torch they replaced: every output, and the gradients of dt, A and dt_bias under
     random cotangents on all five. Raw dt spans softplus's identity branch (above 20) and both sides of the
-    clamp; seq_idx changes inside a chunk and at a chunk's first token; l = 45 leaves 19 tokens of padding."""
+    clamp; seq_idx changes inside a chunk and at a chunk's first token; l = 45 pads the last chunk by 3 tokens."""
     from kernels.ssd.triton_chunked import TokenWeights, _padded_seq
     b, l, h, T = 2, 45, 3, 16
     gen = torch.Generator().manual_seed(0)
