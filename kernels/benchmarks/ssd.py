@@ -279,7 +279,7 @@ def launch_variants(dot16: str, heads_per_group: int) -> dict[str, dict]:
         "gradients Q 32": dict(grad_Q=32),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
-        # block of 8 heads for torch to sum: 9% fewer bytes a step at 32 heads (make bench-traffic --change
+        # block of 8 heads for torch to sum: 8% fewer bytes a step at 32 heads (make bench-traffic --change
         # heads_per_program=32), with fewer programs in flight.
         "dC, dB over a group's heads in one program": dict(heads_per_program=heads_per_group),
     }

@@ -8,8 +8,9 @@ in the Triton interpreter on a CPU: what a GPU run would have to move, without a
 Both scans run forward and backward on the same fp16 inputs (fp16 has bf16's size, and the interpreter
 computes bf16 wrongly). Every launch is counted, with a GPU's view of it:
 - a Triton kernel: every load and store its programs issue (lanes masked off excluded), in bytes
-  ("requested"), and the distinct bytes it touches ("footprint": what DRAM moves if L2 kept
-  everything within a launch and nothing between launches); its tl.dot products, 2 m n k each;
+  ("requested"), and the distinct bytes it reads plus the distinct bytes it writes ("footprint": what
+  DRAM moves if L2 kept everything within a launch and nothing between launches; a byte read and written
+  in place counts twice); its tl.dot products, 2 m n k each;
 - a torch op between kernels (casts and sums of partial gradients; mamba_ssm also pads and rearranges):
   its inputs read once and its outputs written once, footprint = requested. Views and empty
   allocations move nothing.
@@ -53,7 +54,7 @@ class Launch:
     kind: str
     read: int = 0            # requested bytes
     written: int = 0
-    footprint: int = 0       # distinct bytes read or written
+    footprint: int = 0       # distinct bytes read + distinct bytes written
     flops: int = 0
 
 
@@ -84,7 +85,7 @@ class Counter:
     def kernel_finished(self):
         launch, self._kernel = self._kernel, None
         launch.footprint = sum(size * np.unique(np.concatenate(addresses)).size
-                               for size, addresses in self._touched.items())
+                               for (size, _), addresses in self._touched.items())
         self.launches[self._phase].append(launch)
 
     def memory(self, ptrs, mask, stored):
@@ -94,7 +95,7 @@ class Counter:
             self._kernel.written += size * addresses.size
         else:
             self._kernel.read += size * addresses.size
-        self._touched[size].append(addresses.ravel())
+        self._touched[size, stored].append(addresses.ravel())  # reads and writes apart: both reach DRAM
 
     def dot(self, a, b):
         m, k = a.data.shape[-2:]

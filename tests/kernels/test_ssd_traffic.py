@@ -21,6 +21,13 @@ def _twice(src, dst, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _double_in_place(ptr, n, BLOCK: tl.constexpr):
+    """ptr *= 2: each byte read once and written once, both of which DRAM moves."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(ptr + offs, 2 * tl.load(ptr + offs, mask=offs < n), mask=offs < n)
+
+
+@triton.jit
 def _matmul(a, b, c, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
     rm, rk, rn = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
     prod = tl.dot(tl.load(a + rm[:, None] * K + rk[None, :]), tl.load(b + rk[:, None] * N + rn[None, :]))
@@ -34,18 +41,20 @@ def test_counts_a_triton_kernel_and_torch_ops_by_hand():
     counter = Counter()
     with counter.phase("fwd"):
         _twice[(2,)](src, dst, 100, BLOCK=64)          # 128 lanes, 28 masked off
+        _double_in_place[(2,)](dst, 100, BLOCK=64)
         _matmul[(1,)](a, b, c, M=16, K=32, N=16)
         total = src.view(10, 10).sum(0)                  # the view moves nothing; the sum reads 400, writes 40
         copy = torch.empty(100)                          # an allocation moves nothing
         copy.copy_(src)                                  # copy_ writes its first argument without reading it
-    twice, matmul, summed, copied = counter.launches["fwd"]
+    twice, in_place, matmul, summed, copied = counter.launches["fwd"]
     assert (twice.name, twice.kind, twice.read, twice.written, twice.footprint) == ("_twice", "triton", 800, 400, 800)
-    assert dst[5] == 10 and (c == 32).all()              # the kernels still ran
+    assert (in_place.read, in_place.written, in_place.footprint) == (400, 400, 800)
+    assert dst[5] == 20 and (c == 32).all()              # the kernels still ran
     assert (matmul.flops, matmul.read, matmul.written) == (2 * 16 * 32 * 16, 4 * (512 + 512), 4 * 256)
     assert (summed.name, summed.kind, summed.read, summed.written) == ("sum", "torch", 400, 40)
     assert total.shape == (10,)
     assert (copied.name, copied.read, copied.written) == ("copy_", 400, 400)
-    assert totals(counter.launches["fwd"])["triton"] == 2
+    assert totals(counter.launches["fwd"])["triton"] == 3
 
 
 def test_parse_shape_names_the_field_at_fault():
