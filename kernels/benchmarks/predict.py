@@ -1,10 +1,10 @@
 """What the traffic counts predict for the GPU suite's shapes, read against a kept GPU table.
 
     TRITON_INTERPRET=1 python -m kernels.benchmarks.predict          # the H100 table; counts at H 16, 32, check at 8
-    TRITON_INTERPRET=1 python -m kernels.benchmarks.predict --gpu-table results/ssd_<gpu>_<date>.md --check-heads
+    TRITON_INTERPRET=1 python -m kernels.benchmarks.predict --gpu-table FILE --check-heads     # another table, no check
 
-make bench-traffic counts, in the interpreter, the bytes each scan's launches touch (footprint) at
-B1_L1024. Every buffer either scan moves is per token, per chunk or per (token, head), so per 1024
+make bench-traffic counts, in the interpreter, the distinct bytes each scan's launches read and write
+(footprint) at B1_L1024. Every buffer either scan moves is per token, per chunk or per (token, head), so per 1024
 tokens the footprint is affine in the number of heads (B and C, shared by a group, are the constant).
 Counted at two head numbers, the line gives the footprint of every GPU-suite shape, scaled by b l / 1024;
 --check-heads counts a third head number and prints how far the line misses it. One step in ours: up to
