@@ -495,6 +495,11 @@ def default_launch(x, B, chunk_size) -> Launch:
                   prec="ieee" if exact else "tf32")
 
 
+def _num_chunks(l, T):
+    """Chunks of T tokens that hold l tokens (at least one): the kernels pad the last one."""
+    return max(1, triton.cdiv(l, T))
+
+
 class TokenWeights(torch.autograd.Function):
     """(dt (b, l, h) raw, A (h,) fp32, dt_bias (h,) fp32 or None, seq (b, Lp) int32 or None, T, dt_softplus,
     dt_limit) -> per-token (b, h, Lp) fp32, padded with dt = 0 to whole chunks: dt processed (process_dt's
@@ -503,17 +508,22 @@ class TokenWeights(torch.autograd.Function):
     the weights from the raw dt rather than reading them back."""
 
     @staticmethod
+    def _inputs(dt, A, dt_bias, seq):
+        """The kernels' first four pointers: dt stands in for the absent ones, which HAS_BIAS / HAS_SEQ skip."""
+        return dt, dt if dt_bias is None else dt_bias, A, dt if seq is None else seq
+
+    @staticmethod
     def forward(ctx, dt, A, dt_bias, seq, T, dt_softplus, dt_limit):
         b, l, h = dt.shape
-        num_chunks = max(1, triton.cdiv(l, T))
+        num_chunks = _num_chunks(l, T)
         Lp = num_chunks * T
         weights = [torch.empty(b, h, Lp, device=dt.device, dtype=torch.float32) for _ in range(4)]
         decay = torch.empty(b, h, num_chunks, device=dt.device, dtype=torch.float32)
         ctx.sizes = (l, h, Lp, num_chunks, float(dt_limit[0]), float(dt_limit[1]))
         ctx.flags = dict(T=T, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
                          HAS_LIMIT=tuple(dt_limit) != (0.0, float("inf")), HAS_SEQ=seq is not None)
-        _token_weights_fwd[(b * h, num_chunks)](dt, dt if dt_bias is None else dt_bias, A, dt if seq is None else seq,
-                                                *weights, decay, *ctx.sizes, **ctx.flags)
+        _token_weights_fwd[(b * h, num_chunks)](*TokenWeights._inputs(dt, A, dt_bias, seq), *weights, decay,
+                                                *ctx.sizes, **ctx.flags)
         ctx.save_for_backward(dt, A, dt_bias, seq)
         return (*weights, decay)
 
@@ -525,16 +535,17 @@ class TokenWeights(torch.autograd.Function):
         ddt = torch.empty_like(dt)
         dA, dbias = (torch.empty(b, h, num_chunks, device=dt.device, dtype=torch.float32) for _ in range(2))
         grads = [g.contiguous() for g in (ddt_out, dcum, dwin, dwout, ddecay)]
-        _token_weights_bwd[(b * h, num_chunks)](dt, dt if dt_bias is None else dt_bias, A, dt if seq is None else seq,
-                                                *grads, ddt, dA, dbias, *ctx.sizes, **ctx.flags)
+        _token_weights_bwd[(b * h, num_chunks)](*TokenWeights._inputs(dt, A, dt_bias, seq), *grads, ddt, dA, dbias,
+                                                *ctx.sizes, **ctx.flags)
         return (ddt, dA.sum((0, 2)), None if dt_bias is None else dbias.sum((0, 2)), None, None, None, None)
 
 
-def _padded_seq(seq_idx, Lp):
-    """seq_idx (b, l) -> (b, Lp) int32, padded with its last value (the padding belongs to the last sequence)."""
+def _padded_seq(seq_idx, T):
+    """seq_idx (b, l) -> (b, whole chunks of T) int32, padded with its last value (the padding belongs to the
+    last sequence)."""
     b, l = seq_idx.shape
     last = seq_idx[:, -1:] if l else seq_idx.new_zeros(b, 1)
-    return torch.cat([seq_idx, last.expand(b, Lp - l)], 1).to(torch.int32).contiguous()
+    return torch.cat([seq_idx, last.expand(b, _num_chunks(l, T) * T - l)], 1).to(torch.int32).contiguous()
 
 
 def _chunk_cb(B, C, num_chunks, launch):
@@ -659,8 +670,7 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
                          "(use backend='torch' or 'naive' for float64)")
     launch = launch or default_launch(x, B, chunk_size)
     launch.check(x.shape[2] // B.shape[2])
-    num_chunks = max(1, triton.cdiv(x.shape[1], launch.T))
-    seq = None if seq_idx is None else _padded_seq(seq_idx, num_chunks * launch.T)
+    seq = None if seq_idx is None else _padded_seq(seq_idx, launch.T)
     weights = TokenWeights.apply(dt.contiguous(), A.float().contiguous(),
                                  None if dt_bias is None else dt_bias.float().contiguous(), seq, launch.T,
                                  dt_softplus, tuple(dt_limit))

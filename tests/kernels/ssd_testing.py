@@ -11,6 +11,8 @@ from kernels.benchmarks.peers import MAMBA_SSM_INSTALL, mamba_ssm_imported, mamb
 # Triton's interpreter: tests/conftest.py turns it on where CUDA is absent, before this module is imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="needs the Triton interpreter (on where CUDA is absent)")
+NO_MAMBA_SSM = f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}"
+needs_mamba_ssm = pytest.mark.skipif(not mamba_ssm_installed(), reason=NO_MAMBA_SSM)
 
 
 @contextlib.contextmanager
@@ -18,7 +20,7 @@ def mamba_ssm_or_skip(interpreted=False):
     """For a fixture: mamba_ssm imported for one test (its Triton kernels in the interpreter if `interpreted`),
     or the test skipped, saying how to install it."""
     if not mamba_ssm_installed():
-        pytest.skip(f"mamba-ssm is not installed; install it with: {MAMBA_SSM_INSTALL}")
+        pytest.skip(NO_MAMBA_SSM)
     if interpreted and not INTERPRETED:
         pytest.skip("needs the Triton interpreter (on where CUDA is absent)")
     with mamba_ssm_imported(interpreted=interpreted):

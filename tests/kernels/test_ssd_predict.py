@@ -1,12 +1,11 @@
 """The bytes model behind kernels.benchmarks.predict: its premise (footprint linear in b l, affine in h)
 checked on counted scans, and its arithmetic and table reading checked by hand."""
-from pathlib import Path
 
 import pytest
 
 from kernels.benchmarks import predict
 from kernels.benchmarks.registry import SSD_GPU, SSDShape
-from ssd_testing import needs_interpreter
+from ssd_testing import needs_interpreter, needs_mamba_ssm
 
 H100_TABLE = predict.DEFAULT_GPU_TABLE
 
@@ -14,12 +13,10 @@ H100_TABLE = predict.DEFAULT_GPU_TABLE
 @needs_interpreter
 # Ours above 8 heads a group, where the GPU suite's shapes are (below, it needs no partial sums of dC and dB);
 # mamba_ssm's per-head partials have no such step.
-@pytest.mark.parametrize("impl, heads", [("ours", (16, 24, 32)), ("mamba_ssm", (2, 4, 6))], ids=predict.IMPLS)
+@pytest.mark.parametrize("impl, heads", [("ours", (16, 24, 32)),
+                                         pytest.param("mamba_ssm", (2, 4, 6), marks=needs_mamba_ssm)],
+                         ids=predict.IMPLS)
 def test_footprint_is_linear_in_tokens_and_affine_in_heads(impl, heads):
-    if impl == "mamba_ssm":
-        from kernels.benchmarks.peers import mamba_ssm_installed
-        if not mamba_ssm_installed():
-            pytest.skip("mamba-ssm is not installed")
     h0, h1, h2 = heads
     shape = lambda b=1, l=64, h=h0: SSDShape(b=b, l=l, h=h, p=16, n=16, chunk=16)
     counted = {(b, l, h): predict.footprints(impl, shape(b, l, h))

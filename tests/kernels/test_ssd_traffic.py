@@ -5,10 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.benchmarks.peers import mamba_ssm_installed
 from kernels.benchmarks.registry import SSDShape
 from kernels.benchmarks.traffic import Counter, count, parse_shape, report, totals
-from ssd_testing import needs_interpreter  # the counter wraps the interpreter
+from ssd_testing import needs_interpreter, needs_mamba_ssm  # the counter wraps the interpreter
 
 
 @triton.jit
@@ -66,7 +65,7 @@ def test_parse_shape_names_the_field_at_fault():
 
 
 @needs_interpreter
-@pytest.mark.skipif(not mamba_ssm_installed(), reason="mamba-ssm is not installed")
+@needs_mamba_ssm
 def test_both_scans_move_at_least_their_inputs_and_outputs():
     shape = SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32)
     counted = {impl: count(impl, shape) for impl in ("ours", "mamba_ssm")}

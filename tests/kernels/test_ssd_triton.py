@@ -117,7 +117,7 @@ def test_token_weights_kernels_match_torch(options, dt_dtype, nan_filled_allocat
     A = -torch.rand(h, generator=gen) * 4 - 0.5
     bias = torch.randn(h, generator=gen) * 0.5 if options["bias"] else None
     seq_idx = torch.tensor([[0] * 7 + [1] * 25 + [2] * 13, [0] * 32 + [1] * 13], dtype=torch.int32)
-    seq = _padded_seq(seq_idx, 48) if options["seq"] else None
+    seq = _padded_seq(seq_idx, T) if options["seq"] else None  # 48 tokens
     args = (T, options["dt_softplus"], options["dt_limit"])
 
     def run(fn, *inputs):
