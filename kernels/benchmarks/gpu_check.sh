@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call: the GPU test tier of kernels/ (and of the Mamba-2 LM on them), the GPU SSD benchmark
-# and a launch-config sweep of our kernels; results under $OUT.
+# One device call: a launch-config sweep of our kernels, the GPU SSD benchmark (with the sweep's fastest launch),
+# the GPU test tier of kernels/ (and of the Mamba-2 LM on them) and Nsight Compute's counters for one step;
+# results under $OUT (seven files).
 #
 #   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (< 10 min)
 #
@@ -30,22 +31,34 @@ if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec
 fi
 
 export PYTHONUNBUFFERED=1
-# 1. The gpu tier: fp32/fp16/bf16 vs the naive recurrence, vs mamba_chunk_scan_combined, and the
-#    Mamba-2 LM training on the Triton scan as on the torch one.
 status=0
+# The benchmarks first: they are what a lent GPU is for, and the suite checks every implementation's y and
+# gradients against mamba_ssm's at every shape, so a wrong kernel shows there too.
+# 1. Our kernels under other launch configs (compiled in parallel first); the fastest goes on to step 2.
+timeout 90 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
+    || status=$?
+best="$OUT/ssd_launch_best.json"
+[ -f "$best" ] && cat "$best" || best=""
+
+# 2. Triton (default launch, bf16 operands, the sweep's best) vs mamba_chunk_scan_combined, bf16, L 2K..64K.
+timeout 190 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" ${best:+--launch-from "$best"} 2>&1 \
+    | tee "$OUT/gpu_bench.txt" || status=$?
+
+# 3. The gpu tier: fp32/fp16/bf16 vs the naive recurrence, vs mamba_chunk_scan_combined, and the
+#    Mamba-2 LM training on the Triton scan as on the torch one.
 # Compiling on a cold cache (ours, and mamba_ssm's autotuned kernels) is most of this step: the first run
 # gave 6 tests 130 s. pytest-xdist's workers, where installed, compile in parallel. SIGINT at the limit:
 # pytest still prints what failed so far and why.
-workers=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 4" || true)
-timeout -s INT 200 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/common/test_mamba2.py -m gpu $workers \
+workers=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+timeout -s INT 120 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/common/test_mamba2.py -m gpu $workers \
     -v --tb=short -rfEs --durations=10 -p no:cacheprovider -o addopts="" --import-mode=importlib 2>&1 \
     | tee "$OUT/gpu_tests.txt" || status=$?
 
-# 2. Triton vs mamba_chunk_scan_combined, bf16, L 2K..64K.
-timeout 200 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench.txt" \
-    || status=$?
-
-# 3. Our kernels under other launch configs: what the next tuning step should try.
-timeout 150 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
-    || status=$?
+# 4. Nsight Compute's counters for each of our kernels in one forward+backward at the sweep's shape: what
+#    holds each below copy bandwidth. Not every machine lets ncu read them; then its log says why.
+if command -v ncu >/dev/null; then
+    timeout 90 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step.csv" \
+        "$PYTHON" -m kernels.benchmarks.ssd --suite step || echo "gpu_check.sh: ncu failed, see $OUT/ncu_step.csv" >&2
+fi
 exit $status

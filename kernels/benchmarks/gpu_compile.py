@@ -181,7 +181,7 @@ def main(argv=None):
         from kernels.benchmarks.registry import SSD_GPU
         from kernels.benchmarks.ssd import SWEEP_SHAPE, launch_variants
         sweep = SSD_GPU[SWEEP_SHAPE]
-        variants = {"default": {}} if args.default_only else launch_variants("bf16", sweep.h // sweep.g)
+        variants = {"default": {}} if args.default_only else launch_variants(sweep.h // sweep.g)
     packed = {"no": (False,), "yes": (True,), "both": (False, True)}[args.seq_idx]
     rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
     if args.json:
@@ -199,6 +199,7 @@ def main(argv=None):
     import triton
     command = "python -m kernels.benchmarks.gpu_compile " + " ".join(argv if argv is not None else sys.argv[1:])
     day = datetime.date.today().isoformat()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_compile_sm{args.arch}_{day}.md"
     path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: bf16 inputs, the launch sweep's shape "
                     f"(L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"

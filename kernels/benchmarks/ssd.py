@@ -1,8 +1,10 @@
 """Benchmark the SSD scan against its peers; prints a markdown table and keeps it under results/.
 
     python -m kernels.benchmarks.ssd --suite cpu            # torch vs naive vs mamba_ssm minimal vs transformers
-    python -m kernels.benchmarks.ssd --suite gpu            # triton (tf32, bf16 products) vs mamba_chunk_scan_combined
+    python -m kernels.benchmarks.ssd --suite gpu            # triton vs mamba_chunk_scan_combined, bf16
     python -m kernels.benchmarks.ssd --suite launch         # our triton kernels under other launch configs
+    python -m kernels.benchmarks.ssd --suite gpu --launch-from results/ssd_launch_best.json   # + the sweep's best
+    ncu --profile-from-start off python -m kernels.benchmarks.ssd --suite step   # one step, for a GPU profiler
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
 Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); the
@@ -20,10 +22,12 @@ Bandwidth (GPU suite): the bytes an ideal kernel must move (inputs read once, ou
 written once, in their dtypes) divided by the time, next to a measured device copy.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -39,9 +43,10 @@ from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
 
 RESULTS = Path(__file__).parent / "results"
 CPU_IMPLS = ("torch", "naive", "mamba_ssm_minimal", "transformers_torch")
-GPU_IMPLS = ("triton", "triton_bf16_operands", "mamba_chunk_scan_combined")
-OURS_ON_GPU = GPU_IMPLS[:2]
+PEER = "mamba_chunk_scan_combined"
+GPU_IMPLS = ("triton", PEER)
 MODES = ("fwd", "fwd+bwd")
+BEST_LAUNCH = "ssd_launch_best.json"
 
 
 # ----------------------------------------------------------------------------- inputs and implementations
@@ -66,13 +71,6 @@ def implementation(name: str, shape: SSDShape):
     if name in ("torch", "naive", "triton"):
         return lambda x, dt, A, B, C, D, dt_bias: ssd_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
                                                            dt_softplus=True, backend=name)
-    if name == "triton_bf16_operands":  # the default launch, products on bf16 operands (fp16 in the interpreter)
-        from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
-
-        def bf16_operands(x, dt, A, B, C, D, dt_bias):
-            launch = dataclasses.replace(default_launch(x, B, chunk), prec="bf16" if x.is_cuda else "fp16")
-            return ssd_scan_triton(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, dt_softplus=True, launch=launch)
-        return bf16_operands
     if name == "mamba_ssm_minimal":
         stub_selective_scan_cuda()
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
@@ -102,6 +100,16 @@ def implementation(name: str, shape: SSDShape):
         return lambda x, dt, A, B, C, D, dt_bias: mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D,
                                                                             dt_bias=dt_bias, dt_softplus=True)
     raise ValueError(f"kernels.benchmarks.ssd: implementation = {name!r}, expected one of {CPU_IMPLS + GPU_IMPLS}")
+
+
+def triton_launched(shape: SSDShape, change: dict):
+    """Our Triton scan under default_launch with `change`'s Launch fields replaced."""
+    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+
+    def fn(x, dt, A, B, C, D, dt_bias):
+        launch = dataclasses.replace(default_launch(x, B, shape.chunk), **change)
+        return ssd_scan_triton(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True, launch=launch)
+    return fn
 
 
 def runner(fn, inputs, mode):
@@ -210,7 +218,9 @@ def ideal_bytes(inputs, mode) -> int:
     return io + y if mode == "fwd" else 2 * (io + y)
 
 
-def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
+def gpu_suite(tiny: bool, reps: int, swept: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """Ours and mamba_chunk_scan_combined at each shape, timed, and their y and gradients compared.
+    `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more column."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if tiny and device == "cuda":
         raise SystemExit("kernels.benchmarks.ssd: --tiny is the interpreter proof; drop it on a GPU")
@@ -221,62 +231,93 @@ def gpu_suite(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
     dtype = torch.float32 if device == "cpu" else torch.bfloat16  # the interpreter gets bf16 wrong
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     copy_bw = copy_bandwidth(device)
+    impls = {name: (lambda shape, name=name: implementation(name, shape)) for name in GPU_IMPLS}
+    if swept and swept["change"]:  # not the default
+        impls = {f"triton ({swept['name']})": lambda shape: triton_launched(shape, swept["change"]), **impls}
     rows = []
     with contextlib.ExitStack() as stack:
-        impls = GPU_IMPLS
         if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
             if mamba_ssm_installed():
                 stack.enter_context(mamba_ssm_imported(interpreted=True))
             else:
-                impls = OURS_ON_GPU
+                del impls[PEER]
         for shape in shapes.values():
             rows += _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw)
-    header = ["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in GPU_IMPLS] + [
-        f"speedup {i} vs mamba" for i in OURS_ON_GPU]
-    header[-1] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
+    ours = [i for i in impls if i != PEER]
+    header = (["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in ours + [PEER]]
+              + [f"speedup {i} vs mamba" for i in ours]
+              + [f"normwise relative diff vs mamba ({' / '.join(ours)}): y, worst gradient"])
+    header[-2] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
     return header, rows
 
 
 def _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw) -> list[list[str]]:
-    """One shape's fwd and fwd+bwd rows: each implementation timed, with peak memory and bandwidth."""
+    """One shape's fwd and fwd+bwd rows: each implementation timed, with peak memory and bandwidth, and its
+    y (fwd row) or its gradients (fwd+bwd row) against mamba_ssm's."""
     rows = []
     inputs = make_inputs(shape, dtype, device)
+    fns = {name: make(shape) for name, make in impls.items()}
+    ours = [i for i in fns if i != PEER]
     for mode in MODES:
-        point = {}
-        for impl in impls:
-            run = runner(implementation(impl, shape), inputs, mode)
+        point, diffs = {}, {}
+        want = outputs(fns[PEER], inputs, mode) if PEER in fns else None
+        for impl, fn in fns.items():
+            run = runner(fn, inputs, mode)
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             try:
                 seconds = timed(run, reps, sync)
+                if want is not None and impl != PEER:
+                    diffs[impl] = worst_difference(outputs(fn, inputs, mode), want)
             except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
                 print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
                 point[impl] = None
                 continue
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
             point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
-            print(f"  {shape.name} {mode} {impl}: {point[impl]}", file=sys.stderr)
-        rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in GPU_IMPLS]
-                    + [_speedup(point.get("mamba_chunk_scan_combined"), point.get(i)) for i in OURS_ON_GPU])
+            print(f"  {shape.name} {mode} {impl}: {point[impl]} diff vs mamba {diffs.get(impl)}", file=sys.stderr)
+        rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in ours + [PEER]]
+                    + [_speedup(point.get(PEER), point.get(i)) for i in ours]
+                    + [" / ".join(_diff_cell(diffs.get(i)) for i in ours)])
     return rows
 
 
-def launch_variants(dot16: str, heads_per_group: int) -> dict[str, dict]:
-    """Changes to default_launch tried by the launch sweep: chunk and tile lengths, products on 16-bit
-    operands (`dot16`: "bf16" on a GPU, "fp16" in the interpreter), and dC, dB over all of a group's heads in
-    one program. Warps were chosen by compiling for sm_90 (kernels.benchmarks.gpu_compile), which needs no GPU."""
+def outputs(fn, inputs, mode) -> dict[str, torch.Tensor]:
+    """y (fwd), or the gradient of every floating input under a fixed random dy (fwd+bwd), in fp32."""
+    if mode == "fwd":
+        with torch.no_grad():
+            return {"y": fn(**inputs).float()}
+    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+    y = fn(**leaves)
+    gen = torch.Generator(device=y.device).manual_seed(1)
+    y.backward(torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype))
+    return {f"d{k}": v.grad.float() for k, v in leaves.items() if v.grad is not None}
+
+
+def worst_difference(got: dict, want: dict) -> tuple[str, float]:
+    """The output with the largest ||got - want|| / ||want||, and that ratio."""
+    diffs = {k: ((got[k] - w).norm() / w.norm().clamp_min(1e-30)).item() for k, w in want.items()}
+    return max(diffs.items(), key=lambda item: item[1])
+
+
+def launch_variants(heads_per_group: int) -> dict[str, dict]:
+    """Changes to default_launch tried by the launch sweep: tile lengths and widths, warps, the state scan's
+    block, and dC, dB over all of a group's heads in one program. Each was compiled for sm_90 first
+    (kernels.benchmarks.gpu_compile, no GPU needed): only the 4-warp gradients spill (at most 32 B a thread)."""
     # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
     return {
         "default": {},
-        f"{dot16} operands": dict(prec=dot16),
-        # dC and dB in two n tiles (the default before session 7): _chunk_grad_C and _B then compute their
-        # dy x^T products once per tile, in fewer registers.
-        "gradients n tile 64": dict(BN_grad=64),
-        f"{dot16} operands, Q 32": dict(prec=dot16, Q=32, grad_Q=32),
+        # The H200 sweep of 2026-11-27 (bf16 operands): Q 32 ran the forward 1.26x faster than Q 64, and the
+        # gradients 1.17x slower.
         "forward Q 32": dict(Q=32),
-        "gradients Q 32": dict(grad_Q=32),
+        "gradient kernels 4 warps": dict(grad_warps=4),
+        "forward kernels 8 warps": dict(warps=8),
+        # _state_scan ran at a quarter of copy bandwidth there: more programs, each a shorter row of the state.
+        "state scan block 256": dict(scan_block=256),
+        "chunk state n tile 128": dict(BN_state=128),
+        "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
         # block of 8 heads for torch to sum: 8% fewer bytes a step at 32 heads (make bench-traffic --change
@@ -288,24 +329,29 @@ def launch_variants(dot16: str, heads_per_group: int) -> dict[str, dict]:
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 
 
-def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
+def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[list[str], list[list[str]]]:
     """Our Triton scan under each of launch_variants, fwd and fwd+bwd, against the default launch;
     the outputs of every variant are checked against the default's (same math, other rounding).
-    A launch the device cannot run (shared memory, registers) is reported, not fatal."""
-    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+    A launch the device cannot run (shared memory, registers) is reported, not fatal.
+    The fastest forward+backward among the variants whose y stays within 2% of the default's is written to
+    `best_path` as {"name", "change"}: the GPU suite's --launch-from times it at every shape."""
+    from kernels.ssd.triton_chunked import default_launch
     device = "cpu" if tiny else "cuda"
     dtype = torch.float32 if tiny else torch.bfloat16
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     shape = SSDShape(b=1, l=80, h=2, p=16, n=16, chunk=64) if tiny else SSD_GPU[SWEEP_SHAPE]
     inputs = make_inputs(shape, dtype, device)
     base = default_launch(inputs["x"], inputs["B"], shape.chunk)
-    reference, seconds, rows = None, {}, []
-    for name, change in launch_variants("fp16" if tiny else "bf16", shape.h // shape.g).items():
+    variants = launch_variants(shape.h // shape.g)
+    if device == "cuda":  # compiling is most of a sweep: every variant's kernels at once, one process each
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=spawn) as pool:
+            for name, result in zip(variants, pool.map(_compile_variant, variants.values())):
+                print(f"  compiled {name}: {result}", file=sys.stderr)
+    reference, seconds, rows, best = None, {}, [], None
+    for name, change in variants.items():
         launch = dataclasses.replace(base, **change)
-
-        def fn(x, dt, A, B, C, D, dt_bias, launch=launch):
-            return ssd_scan_triton(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True,
-                                   launch=launch)
+        fn = triton_launched(shape, change)
         with torch.no_grad():
             y = fn(**inputs).float()
         reference = y if reference is None else reference
@@ -327,9 +373,43 @@ def launch_sweep(tiny: bool, reps: int) -> tuple[list[str], list[list[str]]]:
                 return "out of resources"
             return (f"{t0 / t:.2f}x" if t0 else "n/a") if speedup else f"{t * 1e3:.2f}"
         rows.append([name] + [cell(m) for m in MODES] + [cell(m, speedup=True) for m in MODES] + [f"{err:.1e}"])
+        step = seconds[name].get("fwd+bwd")
+        if step is not None and err < 0.02 and (best is None or step < seconds[best[0]]["fwd+bwd"]):
+            best = (name, change)
+        if best_path is not None and best is not None:  # after every variant: a run cut short keeps its best
+            best_path.write_text(json.dumps(dict(name=best[0], change=best[1])) + "\n")
     header = [f"launch ({shape.name}, default {base})"] + [f"{m} ms" for m in MODES] + [
         f"{m} speedup vs default" for m in MODES] + ["y max diff vs default (relative)"]
     return header, rows
+
+
+def _compile_variant(change: dict) -> str:
+    """One forward + backward of our scan at the sweep's shape under default_launch + `change`, in a fresh
+    process: Triton compiles its kernels and keeps them in its on-disk cache for the timed sweep. Only a
+    warm-up: whatever fails here is reported, and fails again, in its own words, where the sweep times it."""
+    shape = SSD_GPU[SWEEP_SHAPE]
+    try:
+        runner(triton_launched(shape, change), make_inputs(shape, torch.bfloat16, "cuda"), "fwd+bwd")()
+        torch.cuda.synchronize()
+        return "ok"
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        return f"{type(error).__name__}: {error}"
+
+
+def profiled_step():
+    """One forward + backward of our scan (default launch) at the sweep's shape between cudaProfilerStart and
+    Stop, after a warm-up that compiles: for `ncu --profile-from-start off` (gpu_check.sh), whose counters say
+    why a kernel runs below copy bandwidth (occupancy, stalls, DRAM throughput)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("kernels.benchmarks.ssd: --suite step profiles a GPU run; it needs CUDA")
+    shape = SSD_GPU[SWEEP_SHAPE]
+    run = runner(triton_launched(shape, {}), make_inputs(shape, torch.bfloat16, "cuda"), "fwd+bwd")
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
 def print_kernel_times(run, device):
@@ -355,6 +435,10 @@ def _gpu_cell(p, copy_bw):
     return f"{p['seconds'] * 1e3:.2f} / {peak} / {p['bw'] / 1e9:.2f} ({100 * p['bw'] / copy_bw:.0f}%)"
 
 
+def _diff_cell(diff):
+    return "n/a" if diff is None else f"{diff[0]} {diff[1]:.1e}"
+
+
 def _speedup(theirs, ours):
     return "n/a" if not theirs or not ours else f"{theirs['seconds'] / ours['seconds']:.2f}x"
 
@@ -375,12 +459,15 @@ def markdown(header, rows) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("cpu", "gpu", "launch"))
+    parser.add_argument("--suite", choices=("cpu", "gpu", "launch", "step"))
     parser.add_argument("--tiny", action="store_true", help="gpu suite on interpreter-sized shapes")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--naive-reps", type=int, default=None, help="default: 3 forward, 1 forward+backward")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--launch-from", type=Path, default=None,
+                        help="gpu suite: also time our scan under the launch this file names (the launch "
+                             "suite writes its fastest to OUT_DIR/" + BEST_LAUNCH + ")")
     parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -393,14 +480,22 @@ def main(argv=None):
         return
     if args.suite is None:
         parser.error("--suite is required")
+    if args.suite == "step":
+        profiled_step()
+        return
     command = "python -m kernels.benchmarks.ssd " + " ".join(argv if argv is not None else sys.argv[1:])
     load_before = os.getloadavg()[0]  # a shared machine's load is part of what the numbers mean
     if args.suite == "cpu":
         header, rows = cpu_suite(args.reps or 3, args.naive_reps, args.threads)
         hw = "cpu"
     else:
-        suite = gpu_suite if args.suite == "gpu" else launch_sweep
-        header, rows = suite(args.tiny, args.reps or (2 if args.tiny else 10))
+        reps = args.reps or (2 if args.tiny else 10)
+        if args.suite == "gpu":
+            swept = json.loads(args.launch_from.read_text()) if args.launch_from else None
+            header, rows = gpu_suite(args.tiny, reps, swept)
+        else:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            header, rows = launch_sweep(args.tiny, reps, args.out_dir / BEST_LAUNCH)
         hw = "interpreter-tiny" if args.tiny else torch.cuda.get_device_name().replace(" ", "-")
         hw = hw if args.suite == "gpu" else f"launch_{hw}"
     table = markdown(header, rows)

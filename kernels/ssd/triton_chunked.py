@@ -467,10 +467,17 @@ class Launch:
                 raise ValueError(f"kernels.ssd triton Launch: {name} = {tile}, T = {self.T}; expected 16 <= {name} "
                                  "<= T, both powers of two")
 
-    def check(self, heads_per_group):
+    def check(self, heads_per_group, dtype):
         if heads_per_group % self.heads_per_program:
             raise ValueError(f"kernels.ssd triton Launch: heads_per_program = {self.heads_per_program}, expected a "
                              f"divisor of the heads per group, {heads_per_group}")
+        # Measured, not understood: on an H200 (Triton 3.6) tf32 products at Q = grad_Q = 64 on bf16 inputs got
+        # dL/ddt 63% off the fp64 reference, where fp32 inputs at 64 and bf16 at 32 passed (the GPU tier's
+        # test_triton_gpu_tf32_products). Which of the two tiles it takes is not known, so both are refused.
+        if self.prec == "tf32" and dtype != torch.float32 and max(self.Q, self.grad_Q) >= 64:
+            raise ValueError(f"kernels.ssd triton Launch: prec = 'tf32' with Q = {self.Q}, grad_Q = {self.grad_Q} on "
+                             f"{dtype} inputs gave wrong gradients on an H200; use prec = 'bf16' or 'fp16' (the "
+                             "default for 16-bit inputs), or Q and grad_Q of at most 32")
 
 
 def default_launch(x, B, chunk_size) -> Launch:
@@ -478,21 +485,23 @@ def default_launch(x, B, chunk_size) -> Launch:
     BP, BN = max(16, triton.next_power_of_2(p)), max(16, triton.next_power_of_2(n))
     heads_per_group = x.shape[2] // B.shape[2]
     T = max(16, min(MAX_CHUNK, 1 << (chunk_size.bit_length() - 1)))
-    # fp32 inputs get exact fp32 products; 16-bit inputs lose nothing measurable to tf32.
+    # fp32 inputs get exact fp32 products. 16-bit inputs get products on operands of their own type, as mamba_ssm's:
+    # on an H200 (2026-11-27) they passed the GPU tier and ran forward+backward 1.71x faster than tf32, which
+    # got dL/ddt wrong there (Launch.check).
     exact = x.dtype == torch.float32
     tile = 32 if exact else MAX_TILE
     return Launch(T=T, BP=BP, BN=BN, BN_state=min(BN, 64), BN_grad=min(BN, 128), scan_block=1024,
                   # Compiled for sm_90 (make bench-compile; p 64, n 128, 16-bit inputs): at Q 64 every product
-                  # is a Hopper wgmma (at Q 32, mma.sync); no kernel spills, the forward's with 4 warps, the
-                  # gradients' with 8. dC and dB in one n tile of 128 compute their dy x^T products once, not
-                  # once per n tile of 64 (make bench-traffic, H 8: 1.59 against 1.93 GFLOP per backward).
-                  # The first version ran its forward 1.21x faster at Q 64 than at 32 on an H100. Exact fp32
-                  # products run on FMA units, where big tiles gain nothing and spilled 1.9 KB a thread (`python
-                  # -m kernels.benchmarks.gpu_compile --dtype fp32 --change Q=64 --change grad_Q=64`).
-                  Q=min(T, tile), warps=4, grad_Q=min(T, tile), grad_warps=8,
+                  # is a Hopper wgmma (at Q 32, mma.sync). The gradient kernels at 4 warps spill up to 32 B a
+                  # thread, and still ran forward+backward 1.04-1.34x faster than at 8 at every shape of the GPU
+                  # suite on an H200 (kernels/benchmarks/results/ssd_NVIDIA-H200_2026-11-27.md). dC and dB in one
+                  # n tile of 128 compute their dy x^T products once, not once per n tile of 64 (0.83x at 64 there).
+                  # Exact fp32 products run on FMA units, where big tiles gain nothing and spilled 1.9 KB a thread
+                  # (`python -m kernels.benchmarks.gpu_compile --dtype fp32 --change Q=64 --change grad_Q=64`).
+                  Q=min(T, tile), warps=4, grad_Q=min(T, tile), grad_warps=4,
                   # Per-head dB and dC in fp32 would be h / g times the size of B: 5.4 GB at L 64K, 80 heads.
                   heads_per_program=max(d for d in (1, 2, 4, 8) if heads_per_group % d == 0),
-                  prec="ieee" if exact else "tf32")
+                  prec="ieee" if exact else {torch.float16: "fp16"}.get(x.dtype, "bf16"))
 
 
 def _num_chunks(l, T):
@@ -669,7 +678,7 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
         raise ValueError(f"kernels.ssd triton backend: x.dtype = {x.dtype}, expected float32, float16 or bfloat16 "
                          "(use backend='torch' or 'naive' for float64)")
     launch = launch or default_launch(x, B, chunk_size)
-    launch.check(x.shape[2] // B.shape[2])
+    launch.check(x.shape[2] // B.shape[2], x.dtype)
     seq = None if seq_idx is None else _padded_seq(seq_idx, launch.T)
     weights = TokenWeights.apply(dt.contiguous(), A.float().contiguous(),
                                  None if dt_bias is None else dt_bias.float().contiguous(), seq, launch.T,

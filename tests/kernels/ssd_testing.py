@@ -40,7 +40,7 @@ class Normwise:
 TOL_FP64 = (1e-9, 1e-7)          # same math, different association: rounding only
 TOL_FP32 = (2e-4, 2e-3)          # fp32 chunked vs fp64 sequential on O(1) values
 TOL_FP32_GRAD = (1e-3, 5e-3)     # gradients sum over l and heads: a bit looser
-TOL_BF16 = Normwise(rms=1e-2, max=5e-2)  # GPU tier: tf32 products, outputs rounded to bf16 (2^-9)
+TOL_BF16 = Normwise(rms=1e-2, max=5e-2)  # GPU tier: bf16 products, outputs rounded to bf16 (2^-9)
 TOL_FP16 = Normwise(rms=5e-3, max=2e-2)  # outputs rounded to fp16 (2^-12)
 TOL_TF32 = Normwise(rms=2e-3, max=1e-2)  # fp32 against mamba_ssm, whose fp32 products are tf32
 
