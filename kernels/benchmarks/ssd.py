@@ -304,18 +304,22 @@ def worst_difference(got: dict, want: dict) -> tuple[str, float]:
 
 def launch_variants(heads_per_group: int) -> dict[str, dict]:
     """Changes to default_launch tried by the launch sweep: tile lengths and widths, warps, the state scan's
-    block, and dC, dB over all of a group's heads in one program. Each was compiled for sm_90 first
-    (kernels.benchmarks.gpu_compile, no GPU needed): only the 4-warp gradients spill (at most 32 B a thread)."""
+    block and pipelining, and dC, dB over all of a group's heads in one program. Each compiles for sm_90
+    (kernels.benchmarks.gpu_compile, no GPU needed)."""
     # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
     return {
         "default": {},
-        # The H200 sweep of 2026-11-27 (bf16 operands): Q 32 ran the forward 1.26x faster than Q 64, and the
-        # gradients 1.17x slower.
+        # The H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md): Q 32 ran the forward 1.09x
+        # faster than Q 64, the step 0.99x.
         "forward Q 32": dict(Q=32),
-        "gradient kernels 4 warps": dict(grad_warps=4),
-        "forward kernels 8 warps": dict(warps=8),
-        # _state_scan ran at a quarter of copy bandwidth there: more programs, each a shorter row of the state.
+        # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's
+        # carry is done (tl.range's software pipelining: sm_90 code then stages them in shared memory), or more
+        # programs, each a shorter row of the state.
+        "state scan pipelined, 3 stages": dict(scan_stages=3),
         "state scan block 256": dict(scan_block=256),
+        # The default since that sweep (1.18x a step) is 4, though three of them spill there.
+        "gradient kernels 8 warps": dict(grad_warps=8),
+        "forward kernels 8 warps": dict(warps=8),
         "chunk state n tile 128": dict(BN_state=128),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),

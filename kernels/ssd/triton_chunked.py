@@ -237,13 +237,15 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
 
 @triton.jit
 def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_ptr, num_chunks, PN,
-                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DOT: tl.constexpr):
+                BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DOT: tl.constexpr,
+                STAGES: tl.constexpr):
     """Grid (b*h, cdiv(PN, BLOCK)): carry = init; for each chunk c (last to first if REVERSE):
     out[c] = carry, carry = decay[c] * carry + own[c]; final = carry. out may be own (read first).
     Forward: own = each chunk's contribution, out = the state entering each chunk. Backward: own =
     dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states, and
     (HAS_DOT) this block's share of dL/d decay_c = <out[c], S_c>, S = with (b*h, chunks, PN), to
-    dot (b*h, chunks, blocks): the host sums the blocks."""
+    dot (b*h, chunks, blocks): the host sums the blocks. STAGES (None: the compiler's choice) pipelines the
+    loop's loads: the next chunks' loads do not wait for this chunk's carry."""
     i_bh = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < PN
@@ -251,7 +253,7 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
         carry = tl.load(init_ptr + i_bh * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK,), tl.float32)
-    for i in range(num_chunks):
+    for i in tl.range(num_chunks, num_stages=STAGES):
         if REVERSE:
             c = num_chunks - 1 - i
         else:
@@ -459,6 +461,7 @@ class Launch:
     grad_warps: int   # the gradient kernels
     heads_per_program: int  # _chunk_grad_C and _B sum dC and dB over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
+    scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
 
     def __post_init__(self):
         for name in ("Q", "grad_Q"):
@@ -598,7 +601,8 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     _state_scan[(b * h, blocks)](
         carries, decay, init if init is not None else last, carries, last,
         dot_with if dot_with is not None else last, dots if dots is not None else last, num_chunks, p * n,
-        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
+        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None,
+        STAGES=launch.scan_stages or None)
     return carries, last, None if dots is None else dots.sum(-1)
 
 
