@@ -337,8 +337,8 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
     """Our Triton scan under each of launch_variants, fwd and fwd+bwd, against the default launch;
     the outputs of every variant are checked against the default's (same math, other rounding).
     A launch the device cannot run (shared memory, registers) is reported, not fatal.
-    The fastest forward+backward among the variants whose y stays within 2% of the default's is written to
-    `best_path` as {"name", "change"}: the GPU suite's --launch-from times it at every shape."""
+    The fastest_launch is written to `best_path` as {"name", "change"}: the GPU suite's --launch-from times
+    it at every shape."""
     from kernels.ssd.triton_chunked import default_launch
     device = "cpu" if tiny else "cuda"
     dtype = torch.float32 if tiny else torch.bfloat16
@@ -352,14 +352,14 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
         with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=spawn) as pool:
             for name, result in zip(variants, pool.map(_compile_variant, variants.values())):
                 print(f"  compiled {name}: {result}", file=sys.stderr)
-    reference, seconds, rows, best = None, {}, [], None
+    reference, seconds, diffs, rows = None, {}, {}, []
     for name, change in variants.items():
         launch = dataclasses.replace(base, **change)
         fn = triton_launched(shape, change)
         with torch.no_grad():
             y = fn(**inputs).float()
         reference = y if reference is None else reference
-        err = (y - reference).abs().max().item() / reference.abs().max().item()
+        err = diffs[name] = (y - reference).abs().max().item() / reference.abs().max().item()
         seconds[name] = {}
         for mode in MODES:
             try:
@@ -377,14 +377,18 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
                 return "out of resources"
             return (f"{t0 / t:.2f}x" if t0 else "n/a") if speedup else f"{t * 1e3:.2f}"
         rows.append([name] + [cell(m) for m in MODES] + [cell(m, speedup=True) for m in MODES] + [f"{err:.1e}"])
-        step = seconds[name].get("fwd+bwd")
-        if step is not None and err < 0.02 and (best is None or step < seconds[best[0]]["fwd+bwd"]):
-            best = (name, change)
+        best = fastest_launch({n: t.get("fwd+bwd") for n, t in seconds.items()}, diffs)
         if best_path is not None and best is not None:  # after every variant: a run cut short keeps its best
-            best_path.write_text(json.dumps(dict(name=best[0], change=best[1])) + "\n")
+            best_path.write_text(json.dumps(dict(name=best, change=variants[best])) + "\n")
     header = [f"launch ({shape.name}, default {base})"] + [f"{m} ms" for m in MODES] + [
         f"{m} speedup vs default" for m in MODES] + ["y max diff vs default (relative)"]
     return header, rows
+
+
+def fastest_launch(steps: dict, diffs: dict, max_diff: float = 0.02) -> str | None:
+    """The launch with the fastest forward+backward (`steps`: name -> seconds, None where it could not run)
+    among those whose y stays within `max_diff` (relative) of the default's; None if none qualifies."""
+    return min((n for n, t in steps.items() if t is not None and diffs[n] < max_diff), key=steps.get, default=None)
 
 
 def _compile_variant(change: dict) -> str:

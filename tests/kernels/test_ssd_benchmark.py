@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
-from kernels.benchmarks.ssd import implementation, make_inputs, triton_launched
+from kernels.benchmarks.ssd import (fastest_launch, implementation, make_inputs, outputs, triton_launched,
+                                    worst_difference)
 
 
 def test_registry_names_describe_their_shapes():
@@ -29,3 +30,27 @@ def test_swept_launch_computes_the_same_y():
     inputs = make_inputs(shape, torch.float32, "cpu")
     want = implementation("naive", shape)(**inputs)
     torch.testing.assert_close(triton_launched(shape, dict(prec="fp16"))(**inputs), want, atol=1e-3, rtol=1e-2)
+
+
+def test_gpu_suite_diff_column_finds_a_wrong_gradient():
+    # The column that caught tf32's wrong dt gradients on the H200: every floating input's gradient compared.
+    shape = SSD_GPU_TINY["B1_L40_H2_P16_N16_C16"]
+    inputs = make_inputs(shape, torch.float32, "cpu")
+    naive, torch_scan = implementation("naive", shape), implementation("torch", shape)
+    want = outputs(naive, inputs, "fwd+bwd")
+    assert sorted(want) == ["dA", "dB", "dC", "dD", "ddt", "ddt_bias", "dx"]
+    name, diff = worst_difference(outputs(torch_scan, inputs, "fwd+bwd"), want)
+    assert diff < 1e-4
+    _, y_diff = worst_difference(outputs(torch_scan, inputs, "fwd"), outputs(naive, inputs, "fwd"))
+    assert y_diff < 1e-4
+
+    def dt_twice(x, dt, A, B, C, D, dt_bias):  # y unchanged, d dt doubled
+        return torch_scan(x, 2 * dt - dt.detach(), A, B, C, D, dt_bias)
+    assert worst_difference(outputs(dt_twice, inputs, "fwd+bwd"), want) == ("ddt", pytest.approx(1.0, rel=1e-3))
+
+
+def test_fastest_launch_skips_what_did_not_run_or_drifted():
+    steps = {"default": 3.0, "a": 2.0, "b": None, "c": 1.0}
+    assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 0.5}) == "a"
+    assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 1e-3}) == "c"
+    assert fastest_launch({"default": None}, {"default": 0.0}) is None
