@@ -40,7 +40,7 @@ timeout 90 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2
 best="$OUT/ssd_launch_best.json"
 [ -f "$best" ] && cat "$best" || best=""
 
-# 2. Triton (default launch, bf16 operands, the sweep's best) vs mamba_chunk_scan_combined, bf16, L 2K..64K.
+# 2. Triton (default launch, and the sweep's best) vs mamba_chunk_scan_combined, bf16, L 2K..64K.
 timeout 190 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" ${best:+--launch-from "$best"} 2>&1 \
     | tee "$OUT/gpu_bench.txt" || status=$?
 

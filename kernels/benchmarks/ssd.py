@@ -269,14 +269,14 @@ def _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw) -> list[list[str
                 base = torch.cuda.memory_allocated()
             try:
                 seconds = timed(run, reps, sync)
-                if want is not None and impl != PEER:
-                    diffs[impl] = worst_difference(outputs(fn, inputs, mode), want)
             except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
                 print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
                 point[impl] = None
                 continue
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else float("nan")
             point[impl] = dict(seconds=seconds, peak_mib=peak, bw=ideal_bytes(inputs, mode) / seconds)
+            if want is not None and impl != PEER:  # after the peak is read: its fp32 copies are not the scan's
+                diffs[impl] = worst_difference(outputs(fn, inputs, mode), want)
             print(f"  {shape.name} {mode} {impl}: {point[impl]} diff vs mamba {diffs.get(impl)}", file=sys.stderr)
         rows.append([shape.name, mode] + [_gpu_cell(point.get(i), copy_bw) for i in ours + [PEER]]
                     + [_speedup(point.get(PEER), point.get(i)) for i in ours]
