@@ -312,6 +312,9 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # The H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md): Q 32 ran the forward 1.09x
         # faster than Q 64, the step 0.99x.
         "forward Q 32": dict(Q=32),
+        # At 4 warps and Q 64 the gradient kernels hold 255 registers and 8 resident warps per SM; at Q 32 they
+        # hold 115-167 and 12-16, no spills, on mma.sync instead of wgmma (make bench-compile).
+        "gradients Q 32": dict(grad_Q=32),
         # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's
         # carry is done (tl.range's software pipelining: sm_90 code then stages them in shared memory), or more
         # programs, each a shorter row of the state.
