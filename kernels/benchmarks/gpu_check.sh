@@ -35,7 +35,7 @@ status=0
 # The benchmarks first: they are what a lent GPU is for, and the suite checks every implementation's y and
 # gradients against mamba_ssm's at every shape, so a wrong kernel shows there too.
 # 1. Our kernels under other launch configs (compiled in parallel first); the fastest goes on to step 2.
-timeout 90 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
+timeout 110 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
     || status=$?
 best="$OUT/ssd_launch_best.json"
 [ -f "$best" ] && cat "$best" || best=""
@@ -57,7 +57,7 @@ timeout -s INT 160 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/com
 # 4. Nsight Compute's counters for each of our kernels in one forward+backward at the sweep's shape: what
 #    holds each below copy bandwidth. Not every machine lets ncu read them; then its log says why.
 if command -v ncu >/dev/null; then
-    timeout 90 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
+    timeout 80 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step.csv" \
         "$PYTHON" -m kernels.benchmarks.ssd --suite step || echo "gpu_check.sh: ncu failed, see $OUT/ncu_step.csv" >&2
 fi
