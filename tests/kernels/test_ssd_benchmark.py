@@ -39,7 +39,7 @@ def test_gpu_suite_diff_column_finds_a_wrong_gradient():
     naive, torch_scan = implementation("naive", shape), implementation("torch", shape)
     want = outputs(naive, inputs, "fwd+bwd")
     assert sorted(want) == ["dA", "dB", "dC", "dD", "ddt", "ddt_bias", "dx"]
-    name, diff = worst_difference(outputs(torch_scan, inputs, "fwd+bwd"), want)
+    _, diff = worst_difference(outputs(torch_scan, inputs, "fwd+bwd"), want)
     assert diff < 1e-4
     _, y_diff = worst_difference(outputs(torch_scan, inputs, "fwd"), outputs(naive, inputs, "fwd"))
     assert y_diff < 1e-4
