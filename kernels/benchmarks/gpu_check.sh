@@ -34,14 +34,15 @@ export PYTHONUNBUFFERED=1
 status=0
 # The benchmarks first: they are what a lent GPU is for, and the suite checks every implementation's y and
 # gradients against mamba_ssm's at every shape, so a wrong kernel shows there too.
-# 1. Our kernels under other launch configs (compiled in parallel first); the fastest goes on to step 2.
-timeout 110 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
+# 1. Our kernels under other launch configs (compiled in parallel first), then the fastest forward's and the
+#    fastest step's changes together; the fastest step goes on to step 2.
+timeout 140 "$PYTHON" -m kernels.benchmarks.ssd --suite launch --out-dir "$OUT" 2>&1 | tee "$OUT/gpu_launch.txt" \
     || status=$?
 best="$OUT/ssd_launch_best.json"
 [ -f "$best" ] && cat "$best" || best=""
 
 # 2. Triton (default launch, and the sweep's best) vs mamba_chunk_scan_combined, bf16, L 2K..64K.
-timeout 190 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" ${best:+--launch-from "$best"} 2>&1 \
+timeout 170 "$PYTHON" -m kernels.benchmarks.ssd --suite gpu --out-dir "$OUT" ${best:+--launch-from "$best"} 2>&1 \
     | tee "$OUT/gpu_bench.txt" || status=$?
 
 # 3. The gpu tier: fp32/fp16/bf16 vs the naive recurrence, vs mamba_chunk_scan_combined, and the

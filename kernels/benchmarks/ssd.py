@@ -340,8 +340,8 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
     """Our Triton scan under each of launch_variants, fwd and fwd+bwd, against the default launch;
     the outputs of every variant are checked against the default's (same math, other rounding).
     A launch the device cannot run (shared memory, registers) is reported, not fatal.
-    The fastest_launch is written to `best_path` as {"name", "change"}: the GPU suite's --launch-from times
-    it at every shape."""
+    Then the combined_launch of the fastest forward and the fastest step, if there is one. The fastest_launch
+    is written to `best_path` as {"name", "change"}: the GPU suite's --launch-from times it at every shape."""
     from kernels.ssd.triton_chunked import default_launch
     device = "cpu" if tiny else "cuda"
     dtype = torch.float32 if tiny else torch.bfloat16
@@ -356,7 +356,9 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
             for name, result in zip(variants, pool.map(_compile_variant, variants.values())):
                 print(f"  compiled {name}: {result}", file=sys.stderr)
     reference, seconds, diffs, rows = None, {}, {}, []
-    for name, change in variants.items():
+
+    def measure(name, change):
+        nonlocal reference
         launch = dataclasses.replace(base, **change)
         fn = triton_launched(shape, change)
         with torch.no_grad():
@@ -383,6 +385,13 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
         best = fastest_launch({n: t.get("fwd+bwd") for n, t in seconds.items()}, diffs)
         if best_path is not None and best is not None:  # after every variant: a run cut short keeps its best
             best_path.write_text(json.dumps(dict(name=best, change=variants[best])) + "\n")
+
+    for name, change in variants.items():
+        measure(name, change)
+    combined = combined_launch(variants, seconds, diffs)
+    if combined is not None:  # the forward's winner and the step's, together (compiled here, not in the pool)
+        variants[combined[0]] = combined[1]
+        measure(*combined)
     header = [f"launch ({shape.name}, default {base})"] + [f"{m} ms" for m in MODES] + [
         f"{m} speedup vs default" for m in MODES] + ["y max diff vs default (relative)"]
     return header, rows
@@ -392,6 +401,16 @@ def fastest_launch(steps: dict, diffs: dict, max_diff: float = 0.02) -> str | No
     """The launch with the fastest forward+backward (`steps`: name -> seconds, None where it could not run)
     among those whose y stays within `max_diff` (relative) of the default's; None if none qualifies."""
     return min((n for n, t in steps.items() if t is not None and diffs[n] < max_diff), key=steps.get, default=None)
+
+
+def combined_launch(variants: dict, seconds: dict, diffs: dict) -> tuple[str, dict] | None:
+    """The variant with the fastest forward and the one with the fastest forward+backward, as one launch, where
+    both beat the default, are different and change different fields; else None."""
+    fwd = fastest_launch({n: t.get("fwd") for n, t in seconds.items()}, diffs)
+    step = fastest_launch({n: t.get("fwd+bwd") for n, t in seconds.items()}, diffs)
+    if "default" in (fwd, step) or None in (fwd, step) or fwd == step or variants[fwd].keys() & variants[step].keys():
+        return None
+    return f"{fwd} + {step}", {**variants[fwd], **variants[step]}
 
 
 def _compile_variant(change: dict) -> str:

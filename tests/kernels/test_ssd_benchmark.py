@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
-from kernels.benchmarks.ssd import (fastest_launch, implementation, make_inputs, outputs, triton_launched,
-                                    worst_difference)
+from kernels.benchmarks.ssd import (combined_launch, fastest_launch, implementation, make_inputs, outputs,
+                                    triton_launched, worst_difference)
 
 
 def test_registry_names_describe_their_shapes():
@@ -54,3 +54,17 @@ def test_fastest_launch_skips_what_did_not_run_or_drifted():
     assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 0.5}) == "a"
     assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 1e-3}) == "c"
     assert fastest_launch({"default": None}, {"default": 0.0}) is None
+
+
+def test_combined_launch_joins_the_fastest_forward_and_the_fastest_step():
+    variants = {"default": {}, "fwd tile": dict(Q=32), "grad tile": dict(grad_Q=32),
+                "both tiles": dict(Q=32, grad_Q=32)}
+    diffs = dict.fromkeys(variants, 0.0)
+    seconds = {"default": {"fwd": 2.0, "fwd+bwd": 9.0}, "fwd tile": {"fwd": 1.0, "fwd+bwd": 9.5},
+               "grad tile": {"fwd": 2.1, "fwd+bwd": 8.0}, "both tiles": {"fwd": 1.5, "fwd+bwd": 8.5}}
+    assert combined_launch(variants, seconds, diffs) == ("fwd tile + grad tile", dict(Q=32, grad_Q=32))
+    seconds["both tiles"]["fwd"] = 0.9  # the fastest forward now changes grad_Q too: nothing to combine
+    assert combined_launch(variants, seconds, diffs) is None
+    seconds["both tiles"]["fwd"] = 1.5
+    seconds["grad tile"]["fwd+bwd"] = seconds["both tiles"]["fwd+bwd"] = 9.9  # no step beats the default
+    assert combined_launch(variants, seconds, diffs) is None
