@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from kernels.benchmarks.registry import SSD_GPU, SSDShape
+from kernels.benchmarks.ssd import PEER  # mamba_ssm's column in the GPU table
 from kernels.benchmarks.traffic import IMPLS, count, totals
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_GPU_TABLE = RESULTS / "ssd_NVIDIA-H100-80GB-HBM3_2026-11-27.md"
 COUNT_TOKENS = 1024
 MODES = {"fwd": ("fwd",), "fwd+bwd": ("fwd", "bwd")}
-PEER = "mamba_chunk_scan_combined"  # mamba_ssm's column in the GPU table
 
 
 def footprints(impl: str, shape: SSDShape) -> dict[str, float]:

@@ -112,6 +112,11 @@ def triton_launched(shape: SSDShape, change: dict):
     return fn
 
 
+def _leaves(inputs):
+    """The inputs detached, the floating ones requiring their gradient."""
+    return {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+
+
 def runner(fn, inputs, mode):
     """A no-argument callable running one forward (no graph) or one forward + backward."""
     if mode == "fwd":
@@ -119,7 +124,7 @@ def runner(fn, inputs, mode):
             with torch.no_grad():
                 return fn(**inputs)
         return run
-    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+    leaves = _leaves(inputs)
 
     def run():
         y = fn(**leaves)
@@ -289,7 +294,7 @@ def outputs(fn, inputs, mode) -> dict[str, torch.Tensor]:
     if mode == "fwd":
         with torch.no_grad():
             return {"y": fn(**inputs).float()}
-    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+    leaves = _leaves(inputs)
     y = fn(**leaves)
     gen = torch.Generator(device=y.device).manual_seed(1)
     y.backward(torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype))
@@ -361,8 +366,7 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
         nonlocal reference
         launch = dataclasses.replace(base, **change)
         fn = triton_launched(shape, change)
-        with torch.no_grad():
-            y = fn(**inputs).float()
+        y = outputs(fn, inputs, "fwd")["y"]
         reference = y if reference is None else reference
         err = diffs[name] = (y - reference).abs().max().item() / reference.abs().max().item()
         seconds[name] = {}
@@ -382,7 +386,7 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
                 return "out of resources"
             return (f"{t0 / t:.2f}x" if t0 else "n/a") if speedup else f"{t * 1e3:.2f}"
         rows.append([name] + [cell(m) for m in MODES] + [cell(m, speedup=True) for m in MODES] + [f"{err:.1e}"])
-        best = fastest_launch({n: t.get("fwd+bwd") for n, t in seconds.items()}, diffs)
+        best = fastest_launch(seconds, diffs)
         if best_path is not None and best is not None:  # after every variant: a run cut short keeps its best
             best_path.write_text(json.dumps(dict(name=best, change=variants[best])) + "\n")
 
@@ -397,17 +401,17 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
     return header, rows
 
 
-def fastest_launch(steps: dict, diffs: dict, max_diff: float = 0.02) -> str | None:
-    """The launch with the fastest forward+backward (`steps`: name -> seconds, None where it could not run)
+def fastest_launch(seconds: dict, diffs: dict, mode: str = "fwd+bwd", max_diff: float = 0.02) -> str | None:
+    """The launch fastest in `mode` (`seconds`: name -> {mode: seconds}, a mode missing where it could not run)
     among those whose y stays within `max_diff` (relative) of the default's; None if none qualifies."""
-    return min((n for n, t in steps.items() if t is not None and diffs[n] < max_diff), key=steps.get, default=None)
+    times = {n: t[mode] for n, t in seconds.items() if mode in t and diffs[n] < max_diff}
+    return min(times, key=times.get, default=None)
 
 
 def combined_launch(variants: dict, seconds: dict, diffs: dict) -> tuple[str, dict] | None:
     """The variant with the fastest forward and the one with the fastest forward+backward, as one launch, where
     both beat the default, are different and change different fields; else None."""
-    fwd = fastest_launch({n: t.get("fwd") for n, t in seconds.items()}, diffs)
-    step = fastest_launch({n: t.get("fwd+bwd") for n, t in seconds.items()}, diffs)
+    fwd, step = fastest_launch(seconds, diffs, "fwd"), fastest_launch(seconds, diffs)
     if "default" in (fwd, step) or None in (fwd, step) or fwd == step or variants[fwd].keys() & variants[step].keys():
         return None
     return f"{fwd} + {step}", {**variants[fwd], **variants[step]}

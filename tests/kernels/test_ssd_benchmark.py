@@ -50,10 +50,10 @@ def test_gpu_suite_diff_column_finds_a_wrong_gradient():
 
 
 def test_fastest_launch_skips_what_did_not_run_or_drifted():
-    steps = {"default": 3.0, "a": 2.0, "b": None, "c": 1.0}
-    assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 0.5}) == "a"
-    assert fastest_launch(steps, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 1e-3}) == "c"
-    assert fastest_launch({"default": None}, {"default": 0.0}) is None
+    seconds = {"default": {"fwd+bwd": 3.0}, "a": {"fwd+bwd": 2.0}, "b": {}, "c": {"fwd+bwd": 1.0}}
+    assert fastest_launch(seconds, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 0.5}) == "a"
+    assert fastest_launch(seconds, {"default": 0.0, "a": 1e-3, "b": 0.0, "c": 1e-3}) == "c"
+    assert fastest_launch({"default": {}}, {"default": 0.0}) is None
 
 
 def test_combined_launch_joins_the_fastest_forward_and_the_fastest_step():
