@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-KERNELS = ("_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_chunk_output", "_chunk_grad_rows",
-           "_chunk_grad_C", "_chunk_grad_cols", "_chunk_grad_B", "_token_weights_bwd")
+KERNELS = ("_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_chunk_output",
+           "_chunk_grad_cols", "_chunk_grad_CB", "_chunk_grad_C", "_chunk_grad_B", "_token_weights_bwd")
 # Shared memory per block (opt-in maximum), bytes: A100 and H100/H200.
 MAX_SHARED = {80: 166912, 90: 232448}
 # Per SM (CUDA occupancy calculator, compute capabilities 8.0 and 9.0): shared memory (of which 1 KB is
@@ -79,7 +79,7 @@ def compile_call(kernel, args, kwargs, arch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
     values = dict(zip(kernel.arg_names, args)) | kwargs
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):

@@ -27,15 +27,16 @@ group and chunk (`_cb_products`) and the kernels read its tiles instead of recom
               _chunk_output       y + D x, one Q-row tile at a time                 (parallel over tiles)
     backward: _chunk_state        dL/dS_c from chunk c's own outputs (u = dy, v = C, weights win)
               _state_scan         in reverse: dL/d(state leaving chunk c), and dL/d decay_c
-              _chunk_grad_rows    dL/dwin and cum's row terms, per head and Q-row tile
-              _chunk_grad_C       dC, per block of a group's heads and Q-row tile
               _chunk_grad_cols    dx (D dy included), dD, dL/dwout, dL/ddt and cum's column terms, per head
                                   and Q-column tile
+              _chunk_grad_CB      the gradient of C_t . B_s summed over a block of a group's heads, and cum's
+                                  row terms, per (Q-row, Q-column) tile pair
+              _chunk_grad_C       dC and dL/dwin, per block of a group's heads and Q-row tile
               _chunk_grad_B       dB, per block of a group's heads and Q-column tile
               _token_weights_bwd  the weights' gradients taken back to the raw dt, A and dt_bias
 
-_chunk_grad_C and _chunk_grad_B take a block of heads of one group per program and sum dC and dB over
-them in registers (per-head fp32 copies would be h / g times the size of B). The tile kernels' grids put the
+_chunk_grad_CB, _C and _B take a block of heads of one group per program and sum over them in registers
+(per-head fp32 copies of dC and dB would be h / g times the size of B). The tile kernels' grids put the
 tiles of one chunk next to each other, so that the state and inputs they share come from L2.
 States are kept once per chunk, in fp32; loads are cast to fp32, products take fp32 operands (tf32 or
 exact) or 16-bit ones (`Launch.prec`), and every accumulation is fp32.
@@ -295,82 +296,89 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
 
 
 @triton.jit
+def _split(i_sp, h, g, HP: tl.constexpr):
+    """Index over (b, g, splits), each split HP heads of one group -> batch, group, the split's first head."""
+    splits = (h // g) // HP
+    i_b, i_g = i_sp // (g * splits), (i_sp // splits) % g
+    return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP
+
+
+@triton.jit
 def _head_block(i_pid, h, g, N, BN: tl.constexpr, HP: tl.constexpr):
-    """Program index over (b, g, splits, n tiles), each split HP heads of one group -> batch, group, the
-    split's first head, its slot in a (b, l, g * splits, n) buffer of per-split sums, the slot count, and
+    """Program index over (b, g, splits, n tiles) -> batch, group, the split's first head, the split's index
+    i_sp over (b, g, splits), its slot in a (b, l, g * splits, n) buffer of per-split sums, the slot count, and
     the n tile."""
     n_tiles = tl.cdiv(N, BN)
     i_sp, i_n = i_pid // n_tiles, i_pid % n_tiles
-    splits = (h // g) // HP
-    i_b, i_g = i_sp // (g * splits), (i_sp // splits) % g
-    return i_b, i_g, i_g * (h // g) + (i_sp % splits) * HP, i_sp % (g * splits), g * splits, i_n
+    i_b, i_g, head0 = _split(i_sp, h, g, HP)
+    slots = g * ((h // g) // HP)
+    return i_b, i_g, head0, i_sp, i_sp % slots, slots, i_n
 
 
-# The backward's in-chunk work, in four kernels: per head, what sums over sources s <= t for each target row
-# t (_chunk_grad_rows) and over targets t >= s for each source column s (_chunk_grad_cols); summed over a
-# block of a group's heads, dC (rows) and dB (columns). Two would do (the first version of this layout), but
-# their accumulators spilled registers at Q 64, where Hopper's wgmma runs; each of these four holds one.
-# M_ts = (C_t . B_s) decay_ts dt_s and y_t = sum_s M_ts x_s; dM_ts = dy_t . x_s.
+# The backward's in-chunk work. M_ts = (C_t . B_s) decay_ts dt_s and y_t = sum_s M_ts x_s; dM_ts = dy_t . x_s.
+# The gradient of C_t . B_s, dCB_ts = sum over a group's heads of dM_ts decay_ts dt_s, is what dC (its rows times
+# B) and dB (its columns times C) both need: _chunk_grad_CB forms it once per block of heads, with cum's row
+# terms, which need the same dM; _chunk_grad_C and _B read it. (Before, those three kernels each formed dM for
+# every head.) _chunk_grad_cols sums over targets t >= s for each source column s, per head.
 
 
 @triton.jit
-def _chunk_grad_rows(dy_ptr, x_ptr, C_ptr, CB_ptr, dt_ptr, cum_ptr, states_ptr, seq_ptr, dcum_ptr, dwin_ptr,
-                     l, Lp, h, g, P, N, num_chunks,
-                     T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                     HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, b*h, chunks), rows t of tile m: dL/dwin_t = dy_t . S C_t, and cum_t's share of
-    d exp(cum_t - cum_s): sum_s dM_ts M_ts."""
-    m, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
+def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcum_ptr,
+                   l, Lp, h, g, P, N, num_chunks,
+                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, HP: tl.constexpr,
+                   HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+    """Grid (T // Q, T // Q, b * g * splits * chunks), tile (m, k) of chunk c for a split of HP heads: for k <= m,
+    dCB_ts = sum over the heads of dM_ts decay_ts dt_s, to dCB (b * g * splits, chunks, T, T), in its dtype; and
+    each head's share of cum_t's row term from these columns, sum_s dM_ts M_ts, to row k of dcum (b*h, T // Q,
+    Lp) fp32 (zeros for k > m), which the host sums."""
+    m, k, i_spc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_sp, c = i_spc // num_chunks, i_spc % num_chunks
+    i_b, i_g, head0 = _split(i_sp, h, g, HP)
     t_m = c * T + m * Q + tl.arange(0, Q)
-    dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
-    offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
-    S = tl.load(states_ptr + offs, mask=mask, other=0.0)
-    tl.store(dwin_ptr + tok + t_m, tl.sum(dy_m * _dot(C_m, tl.trans(S), PREC), 1))
-    cum_m = tl.load(cum_ptr + tok + t_m)
-    dcum = tl.zeros((Q,), tl.float32)
-    for k in range(0, m + 1):
+    if k > m:
+        for j in range(HP):
+            tl.store(dcum_ptr + ((i_b * h + head0 + j) * (T // Q) + k) * Lp + t_m, tl.zeros((Q,), tl.float32))
+    else:
         t_k = c * T + k * Q + tl.arange(0, Q)
-        x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
-        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
-        M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
-        dcum += tl.sum(_dot(dy_m, tl.trans(x_k), PREC) * M, 1)
-    tl.store(dcum_ptr + tok + t_m, dcum)
+        CB = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)
+        dCB = tl.zeros((Q, Q), tl.float32)
+        for j in range(HP):
+            i_bh = i_b * h + head0 + j
+            tok = i_bh * Lp
+            dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
+            x_k = _load_rows(x_ptr, i_b, head0 + j, c * T + k * Q, l, h, P, Q, BP, 0)
+            decay = _in_chunk_decay(tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr,
+                                    i_b * Lp, HAS_SEQ)
+            dM_decay_dt = _dot(dy_m, tl.trans(x_k), PREC) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+            tl.store(dcum_ptr + (i_bh * (T // Q) + k) * Lp + t_m, tl.sum(dM_decay_dt * CB, 1))
+            dCB += dM_decay_dt
+        rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)
+        tl.store(dCB_ptr + (i_spc * T + rows[:, None]) * T + cols[None, :], dCB.to(dCB_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _chunk_grad_C(dy_ptr, x_ptr, B_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, dC_ptr,
+def _chunk_grad_C(dy_ptr, B_ptr, C_ptr, win_ptr, states_ptr, dCB_ptr, dC_ptr, dwin_ptr,
                   l, Lp, h, g, P, N, num_chunks,
                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
-                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+                  PREC: tl.constexpr):
     """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), rows t of tile m, columns of n tile i_n: dC_t = sum
-    over HP heads of win_t S^T dy_t + sum_s dM_ts decay_ts dt_s B_s (the host sums the splits)."""
+    over HP heads of win_t S^T dy_t, plus sum_s dCB_ts B_s (the host sums the splits). S^T dy_t also gives each
+    head's dL/dwin_t = C_t . S^T dy_t, this n tile's share of it to row i_n of dwin (b*h, n tiles, Lp) fp32."""
     m, c = tl.program_id(0), tl.program_id(2)
-    i_b, i_g, head0, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
-    seq_row = i_b * Lp
+    i_b, i_g, head0, i_sp, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
     t_m = c * T + m * Q + tl.arange(0, Q)
+    C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN)
     dC = tl.zeros((Q, BN), tl.float32)
     for j in range(HP):  # the entering state's term, head by head
         i_bh = i_b * h + head0 + j
         dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
-        dC += _dot(dy_m, tl.load(states_ptr + offs, mask=mask, other=0.0), PREC) * \
-            tl.load(win_ptr + i_bh * Lp + t_m)[:, None]
-    # The in-chunk term. B_s is the group's: the heads' (Q, Q) factors are summed first, then multiplied by B
-    # once per tile instead of once per head.
-    for k in range(0, m + 1):
-        t_k = c * T + k * Q + tl.arange(0, Q)
-        dCB = tl.zeros((Q, Q), tl.float32)
-        for j in range(HP):
-            i_h = head0 + j
-            tok = (i_b * h + i_h) * Lp
-            dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-            x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
-            decay = _in_chunk_decay(tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr,
-                                    seq_row, HAS_SEQ)
-            dCB += _dot(dy_m, tl.trans(x_k), PREC) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
-        dC += _dot(dCB, _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, i_n * BN), PREC)
+        S_dy = _dot(dy_m, tl.load(states_ptr + offs, mask=mask, other=0.0), PREC)
+        tl.store(dwin_ptr + (i_bh * tl.cdiv(N, BN) + i_n) * Lp + t_m, tl.sum(S_dy * C_m, 1))
+        dC += S_dy * tl.load(win_ptr + i_bh * Lp + t_m)[:, None]
+    for k in range(0, m + 1):  # the in-chunk term
+        B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, i_n * BN)
+        dC += _dot(_cb_tile(dCB_ptr, i_sp, c, m, k, num_chunks, T, Q), B_k, PREC)
     _store_rows(dC_ptr, dC, i_b, slot, c * T + m * Q, l, slots, N, Q, BN, i_n * BN)
 
 
@@ -383,27 +391,29 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dl
     """Grid (T // Q, b*h, chunks), columns s of tile k: dx_s = wout_s G B_s + sum_t M_ts dy_t + D dy_s, dL/dwout_s =
     x_s . G B_s and dL/ddt_s through M, sum_t dM_ts (C_t . B_s) decay_ts (cum_s's share of d exp(cum_t - cum_s)
     is -dt_s times it). G = dL/d(state leaving chunk c). With D, this program's share of dD, sum_s dy_s x_s,
-    goes to row (b*h, chunk, tile) of dD (b*h*chunks*T/Q, P) fp32; the host sums the rows."""
+    goes to row (b*h, chunk, tile) of dD (b*h*chunks*T/Q, P) fp32; the host sums the rows.
+    Both sums over t come from one product: with acc_s = sum_t (C_t . B_s) decay_ts dy_t, the in-chunk dx_s is
+    dt_s acc_s and dL/ddt_s is x_s . acc_s, since dM_ts = dy_t . x_s. (The first version also formed the (Q, Q)
+    dM tile, one more product a step, and held both in registers.)"""
     k, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_k = c * T + k * Q + tl.arange(0, Q)
+    cum_k = tl.load(cum_ptr + tok + t_k)
+    acc = tl.zeros((Q, BP), tl.float32)  # the only tile the loop keeps: its operands are loaded after it
+    for m in range(k, T // Q):
+        t_m = c * T + m * Q + tl.arange(0, Q)
+        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        CB_decay = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * \
+            _in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+        acc += _dot(tl.trans(CB_decay), dy_m, PREC)
     x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
+    tl.store(ddt_ptr + tok + t_k, tl.sum(x_k * acc, 1))
+    dx = acc * tl.load(dt_ptr + tok + t_k)[:, None]
     B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
     GB = _dot(B_k, tl.trans(tl.load(dleaving_ptr + offs, mask=mask, other=0.0)), PREC)  # (Q, BP): G B_s per row
     tl.store(dwout_ptr + tok + t_k, tl.sum(x_k * GB, 1))
-    dx = GB * tl.load(wout_ptr + tok + t_k)[:, None]
-    cum_k = tl.load(cum_ptr + tok + t_k)
-    dt_k = tl.load(dt_ptr + tok + t_k)
-    ddt = tl.zeros((Q,), tl.float32)
-    for m in range(k, T // Q):
-        t_m = c * T + m * Q + tl.arange(0, Q)
-        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-        decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ))
-        CB_decay_T = tl.trans(_cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)) * decay_T
-        ddt += tl.sum(_dot(x_k, tl.trans(dy_m), PREC) * CB_decay_T, 1)
-        dx += _dot(CB_decay_T * dt_k[:, None], dy_m, PREC)
-    tl.store(ddt_ptr + tok + t_k, ddt)
+    dx += GB * tl.load(wout_ptr + tok + t_k)[:, None]
     if HAS_D:
         dy_k = _load_rows(dy_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
         dx += dy_k * _D_row(D_ptr, i_h, P, BP)[None, :]
@@ -413,15 +423,14 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dl
 
 
 @triton.jit
-def _chunk_grad_B(dy_ptr, x_ptr, C_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr, seq_ptr, dB_ptr,
+def _chunk_grad_B(x_ptr, C_ptr, wout_ptr, dleaving_ptr, dCB_ptr, dB_ptr,
                   l, Lp, h, g, P, N, num_chunks,
                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
-                  HAS_SEQ: tl.constexpr, PREC: tl.constexpr):
+                  PREC: tl.constexpr):
     """Grid (T // Q, b * g * splits * cdiv(N, BN), chunks), columns s of tile k, n tile i_n: dB_s = sum over
-    HP heads of wout_s G^T x_s + sum_t dM_ts decay_ts dt_s C_t (the host sums the splits)."""
+    HP heads of wout_s G^T x_s, plus sum_t dCB_ts C_t (the host sums the splits)."""
     k, c = tl.program_id(0), tl.program_id(2)
-    i_b, i_g, head0, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
-    seq_row = i_b * Lp
+    i_b, i_g, head0, i_sp, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
     t_k = c * T + k * Q + tl.arange(0, Q)
     dB = tl.zeros((Q, BN), tl.float32)
     for j in range(HP):  # the leaving state's term, head by head
@@ -430,19 +439,9 @@ def _chunk_grad_B(dy_ptr, x_ptr, C_ptr, dt_ptr, cum_ptr, wout_ptr, dleaving_ptr,
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
         dB += _dot(x_k, tl.load(dleaving_ptr + offs, mask=mask, other=0.0), PREC) * \
             tl.load(wout_ptr + i_bh * Lp + t_k)[:, None]
-    # The in-chunk term, the heads' (Q, Q) factors summed before the product with the group's C (as in dC).
-    for m in range(k, T // Q):
-        t_m = c * T + m * Q + tl.arange(0, Q)
-        dCB_T = tl.zeros((Q, Q), tl.float32)
-        for j in range(HP):
-            i_h = head0 + j
-            tok = (i_b * h + i_h) * Lp
-            x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
-            dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
-            decay_T = tl.trans(_in_chunk_decay(tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), t_m, t_k,
-                                               seq_ptr, seq_row, HAS_SEQ))
-            dCB_T += _dot(x_k, tl.trans(dy_m), PREC) * decay_T * tl.load(dt_ptr + tok + t_k)[:, None]
-        dB += _dot(dCB_T, _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN), PREC)
+    for m in range(k, T // Q):  # the in-chunk term
+        C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN)
+        dB += _dot(tl.trans(_cb_tile(dCB_ptr, i_sp, c, m, k, num_chunks, T, Q)), C_m, PREC)
     _store_rows(dB_ptr, dB, i_b, slot, c * T + k * Q, l, slots, N, Q, BN, i_n * BN)
 
 
@@ -459,7 +458,7 @@ class Launch:
     scan_block: int   # _state_scan's elements per program
     warps: int        # the forward's tile kernels
     grad_warps: int   # the gradient kernels
-    heads_per_program: int  # _chunk_grad_C and _B sum dC and dB over this many heads of a group in registers
+    heads_per_program: int  # _chunk_grad_CB, _C and _B sum over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
     scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
 
@@ -642,25 +641,35 @@ class SSDChunks(torch.autograd.Function):
         dleaving, dinit, ddecay = _chunk_carries(dy, C, win, decay, dfinal, True, launch, dot_with=states)
         seq_ptr = seq if seq is not None else dt
         f32 = dict(device=x.device, dtype=torch.float32)
-        args = dict(tiles, Q=launch.grad_Q, BN=launch.BN, HAS_SEQ=seq is not None, num_warps=launch.grad_warps)
-        per_head = (launch.T // launch.grad_Q, b * h, sizes[-1])
-        dcum, dwin, dx, ddt, dwout = (torch.empty_like(t) for t in (cum, win, x, dt, wout))
+        args = dict(tiles, Q=launch.grad_Q, num_warps=launch.grad_warps)
+        q_tiles = launch.T // launch.grad_Q
+        per_head = (q_tiles, b * h, sizes[-1])
+        dx, ddt, dwout = (torch.empty_like(t) for t in (x, dt, wout))
         # dD per (b*h, chunk, tile) program, summed here: no atomics, so the result does not depend on their order.
         dD = None if D is None else torch.empty(b * h * per_head[2] * per_head[0], x.shape[3], **f32)
-        _chunk_grad_rows[per_head](dy, x, C, CB, dt, cum, states, seq_ptr, dcum, dwin, *sizes, **args)
         _chunk_grad_cols[per_head](dy, x, B, CB, dt, cum, wout, dleaving, seq_ptr, D if D is not None else dt,
-                                   dx, ddt, dwout, dD if D is not None else dt, *sizes, **args, HAS_D=D is not None)
+                                   dx, ddt, dwout, dD if D is not None else dt, *sizes, **args, BN=launch.BN,
+                                   HAS_SEQ=seq is not None, HAS_D=D is not None)
         # Heads of one group read the same B and C: the kernels sum their gradients over heads_per_program
         # heads, the host over the splits (in fp32; with one split the kernels write dC and dB as they are).
         splits = h // groups // launch.heads_per_program
-        summed = (launch.T // launch.grad_Q, b * groups * splits * triton.cdiv(n, launch.BN_grad), sizes[-1])
+        # dCB in the products' operand type: its tiles are rounded to it anyway where dC and dB read them.
+        dCB = torch.empty(b * groups * splits, sizes[-1], launch.T, launch.T, device=x.device,
+                          dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(launch.prec, torch.float32))
+        # Partial sums, summed below: cum's row terms per column tile, dL/dwin per n tile.
+        dcum = torch.empty(b * h, q_tiles, cum.shape[-1], **f32)
+        dwin = torch.empty(b * h, triton.cdiv(n, launch.BN_grad), cum.shape[-1], **f32)
+        args = dict(args, HP=launch.heads_per_program)
+        _chunk_grad_CB[(q_tiles, q_tiles, b * groups * splits * sizes[-1])](
+            dy, x, CB, dt, cum, seq_ptr, dCB, dcum, *sizes, **args, HAS_SEQ=seq is not None)
+        summed = (q_tiles, b * groups * splits * triton.cdiv(n, launch.BN_grad), sizes[-1])
         dC, dB = (torch.empty(b, l, groups * splits, n, device=x.device, dtype=torch.float32 if splits > 1 else t.dtype)
                   for t in (C, B))
-        args_summed = dict(args, BN=launch.BN_grad, HP=launch.heads_per_program)
-        _chunk_grad_C[summed](dy, x, B, dt, cum, win, states, seq_ptr, dC, *sizes, **args_summed)
-        _chunk_grad_B[summed](dy, x, C, dt, cum, wout, dleaving, seq_ptr, dB, *sizes, **args_summed)
+        _chunk_grad_C[summed](dy, B, C, win, states, dCB, dC, dwin, *sizes, **args, BN=launch.BN_grad)
+        _chunk_grad_B[summed](x, C, wout, dleaving, dCB, dB, *sizes, **args, BN=launch.BN_grad)
         # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
-        dcum -= ddt * dt
+        dcum = dcum.sum(1).view_as(cum) - ddt * dt
+        dwin = dwin.view_as(win) if dwin.shape[1] == 1 else dwin.sum(1).view_as(win)
         dB, dC = (d.view(b, l, groups, splits, n).sum(3) if splits > 1 else d.view(b, l, groups, n) for d in (dB, dC))
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
