@@ -317,8 +317,11 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # The H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md): Q 32 ran the forward 1.09x
         # faster than Q 64, the step 0.99x.
         "forward Q 32": dict(Q=32),
-        # At 4 warps and Q 64 the gradient kernels hold 255 registers and 8 resident warps per SM; at Q 32 they
-        # hold 115-167 and 12-16, no spills, on mma.sync instead of wgmma (make bench-compile).
+        # At 4 warps and Q 64 the gradient kernels hold 181-255 registers and 8 resident warps per SM (make
+        # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
+        # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
+        "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
+        # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
         # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's
         # carry is done (tl.range's software pipelining: sm_90 code then stages them in shared memory), or more
@@ -332,8 +335,7 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
-        # block of 8 heads for torch to sum: 8% fewer bytes a step at 32 heads (make bench-traffic --change
-        # heads_per_program=32), with fewer programs in flight.
+        # block of 8 heads for torch to sum (and a dCB per block): fewer bytes, fewer programs in flight.
         "dC, dB over a group's heads in one program": dict(heads_per_program=heads_per_group),
     }
 

@@ -461,6 +461,7 @@ class Launch:
     heads_per_program: int  # _chunk_grad_CB, _C and _B sum over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
     scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
+    grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
 
     def __post_init__(self):
         for name in ("Q", "grad_Q"):
@@ -494,10 +495,11 @@ def default_launch(x, B, chunk_size) -> Launch:
     tile = 32 if exact else MAX_TILE
     return Launch(T=T, BP=BP, BN=BN, BN_state=min(BN, 64), BN_grad=min(BN, 128), scan_block=1024,
                   # Compiled for sm_90 (make bench-compile; p 64, n 128, 16-bit inputs): at Q 64 every product
-                  # is a Hopper wgmma (at Q 32, mma.sync). The gradient kernels at 4 warps spill up to 32 B a
-                  # thread, and still ran forward+backward 1.04-1.34x faster than at 8 at every shape of the GPU
-                  # suite on an H200 (kernels/benchmarks/results/ssd_NVIDIA-H200_2026-11-27.md). dC and dB in one
-                  # n tile of 128 compute their dy x^T products once, not once per n tile of 64 (0.83x at 64 there).
+                  # is a Hopper wgmma (at Q 32, mma.sync). The gradient kernels at 4 warps ran forward+backward
+                  # 1.04-1.34x faster than at 8 at every shape of the GPU suite on an H200
+                  # (kernels/benchmarks/results/ssd_NVIDIA-H200_2026-11-27.md), and dC and dB in n tiles of 128
+                  # 1.2x faster than in 64; both measured before _chunk_grad_CB, when the gradient kernels did
+                  # 1.7x today's products and three of them spilled.
                   # Exact fp32 products run on FMA units, where big tiles gain nothing and spilled 1.9 KB a thread
                   # (`python -m kernels.benchmarks.gpu_compile --dtype fp32 --change Q=64 --change grad_Q=64`).
                   Q=min(T, tile), warps=4, grad_Q=min(T, tile), grad_warps=4,
@@ -641,7 +643,7 @@ class SSDChunks(torch.autograd.Function):
         dleaving, dinit, ddecay = _chunk_carries(dy, C, win, decay, dfinal, True, launch, dot_with=states)
         seq_ptr = seq if seq is not None else dt
         f32 = dict(device=x.device, dtype=torch.float32)
-        args = dict(tiles, Q=launch.grad_Q, num_warps=launch.grad_warps)
+        args = dict(tiles, Q=launch.grad_Q, num_warps=launch.grad_warps, maxnreg=launch.grad_maxnreg or None)
         q_tiles = launch.T // launch.grad_Q
         per_head = (q_tiles, b * h, sizes[-1])
         dx, ddt, dwout = (torch.empty_like(t) for t in (x, dt, wout))
