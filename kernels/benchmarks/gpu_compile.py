@@ -158,6 +158,10 @@ def launch_field(change: str):
     if name not in fields or not value:
         raise SystemExit(f"--change {change!r}: expected FIELD=VALUE with FIELD one of "
                          f"{sorted(fields)}")
+    if fields[name] is bool:
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"--change {change!r}: expected {name}=true or {name}=false")
+        return name, value.lower() == "true"
     return name, int(value) if fields[name] is int else value
 
 

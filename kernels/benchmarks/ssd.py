@@ -321,6 +321,10 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
         # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
+        # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
+        # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
+        # type (make bench-traffic --change states_16bit=true counts what that saves).
+        "16-bit entering states": dict(states_16bit=True),
         # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
         # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's

@@ -38,8 +38,8 @@ group and chunk (`_cb_products`) and the kernels read its tiles instead of recom
 _chunk_grad_CB, _C and _B take a block of heads of one group per program and sum over them in registers
 (per-head fp32 copies of dC and dB would be h / g times the size of B). The tile kernels' grids put the
 tiles of one chunk next to each other, so that the state and inputs they share come from L2.
-States are kept once per chunk, in fp32; loads are cast to fp32, products take fp32 operands (tf32 or
-exact) or 16-bit ones (`Launch.prec`), and every accumulation is fp32.
+States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`); loads are cast to fp32, products
+take fp32 operands (tf32 or exact) or 16-bit ones (`Launch.prec`), and every accumulation is fp32.
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/README.md).
 """
@@ -261,9 +261,9 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
             c = i
         here = (i_bh * num_chunks + c) * PN + offs
         own = tl.load(own_ptr + here, mask=mask, other=0.0)
-        tl.store(out_ptr + here, carry, mask=mask)
+        tl.store(out_ptr + here, carry.to(out_ptr.dtype.element_ty), mask=mask)
         if HAS_DOT:
-            S = tl.load(with_ptr + here, mask=mask, other=0.0)
+            S = tl.load(with_ptr + here, mask=mask, other=0.0).to(tl.float32)
             tl.store(dot_ptr + (i_bh * num_chunks + c) * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S, 0))
         carry = tl.load(decay_ptr + i_bh * num_chunks + c) * carry + own
     tl.store(final_ptr + i_bh * PN + offs, carry, mask=mask)
@@ -462,8 +462,19 @@ class Launch:
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
     scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
+    states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
+
+    @property
+    def states_dtype(self) -> torch.dtype:
+        """Of the kept entering states and dL/d(state leaving each chunk): every product rounds them to prec's
+        type anyway; only dL/d decay (the reverse scan's fp32 carry dotted with the states) and the bytes
+        see the difference."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.prec] if self.states_16bit else torch.float32
 
     def __post_init__(self):
+        if self.states_16bit and self.prec not in ("bf16", "fp16"):
+            raise ValueError(f"kernels.ssd triton Launch: states_16bit with prec = {self.prec!r}; expected prec "
+                             "'bf16' or 'fp16' (the states take the products' operand type)")
         for name in ("Q", "grad_Q"):
             tile = getattr(self, name)
             if tile > self.T or self.T % tile or tile < 16:
@@ -588,19 +599,22 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     reverse), from init (zeros if None): the carry entering each chunk (b, h, chunks, p, n), the last, and
     <carry entering chunk c, dot_with[c]> (b, h, chunks) if dot_with is given, else None.
     Forward: the states, from (x, B, wout). Backward: dL/d(state leaving each chunk), from (dy, C, win),
-    and dL/d decay with dot_with = the states."""
+    and dL/d decay with dot_with = the states. The carries are kept in launch.states_dtype, the carry itself and
+    the last in fp32."""
     b, _, h, p = u.shape
     n = v.shape[3]
     sizes, tiles = _sizes(u, v, decay, launch)
     num_chunks = sizes[-1]
-    carries = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
+    own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
     _chunk_state[(b * h, num_chunks, triton.cdiv(n, launch.BN_state))](
-        u, v, weights, carries, *sizes, **{**tiles, "BN": launch.BN_state})
+        u, v, weights, own, *sizes, **{**tiles, "BN": launch.BN_state})
+    # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
+    carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
     last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
     blocks = triton.cdiv(p * n, launch.scan_block)
     dots = None if dot_with is None else torch.empty(b, h, num_chunks, blocks, device=u.device, dtype=torch.float32)
     _state_scan[(b * h, blocks)](
-        carries, decay, init if init is not None else last, carries, last,
+        own, decay, init if init is not None else last, carries, last,
         dot_with if dot_with is not None else last, dots if dots is not None else last, num_chunks, p * n,
         BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None,
         STAGES=launch.scan_stages or None)

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels.benchmarks.gpu_compile import KERNELS, resident_warps
+import pytest
+
+from kernels.benchmarks.gpu_compile import KERNELS, launch_field, resident_warps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +52,14 @@ def test_resident_warps_by_hand():
     # The A100 has less: 164 KB a SM, where two blocks of 88 KB (+ 1 KB each) do not fit, but fit an H100.
     assert resident_warps(80, registers=151, warps=4, shared=90112) == (4, "shared memory")
     assert resident_warps(90, registers=151, warps=4, shared=90112) == (8, "shared memory")
+
+
+def test_launch_field_parses_each_fields_type():
+    assert launch_field("grad_Q=32") == ("grad_Q", 32)
+    assert launch_field("prec=fp16") == ("prec", "fp16")
+    assert launch_field("states_16bit=True") == ("states_16bit", True)
+    assert launch_field("states_16bit=false") == ("states_16bit", False)
+    with pytest.raises(SystemExit, match="states_16bit=true or states_16bit=false"):
+        launch_field("states_16bit=1")
+    with pytest.raises(SystemExit, match="FIELD one of"):
+        launch_field("grad_q=32")

@@ -163,11 +163,21 @@ def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations
     compare_launch_to_naive(case, torch.float32, change, TOL_FP32, TOL_FP32_GRAD)
 
 
-def test_triton_16bit_dot_operands(nan_filled_allocations):
-    """prec "fp16" rounds every product's operands to fp16 first. bf16 is the same code, but the interpreter
-    gets bf16 wrong, so the gpu tier runs it."""
+@pytest.mark.parametrize("states_16bit", [False, True], ids=["fp32_states", "fp16_states"])
+def test_triton_16bit_dot_operands(states_16bit, nan_filled_allocations):
+    """prec "fp16" rounds every product's operands to fp16 first, and states_16bit keeps the entering states and
+    their gradients in fp16 too (initial_states and final_states stay as they are). bf16 is the same code, but
+    the interpreter gets bf16 wrong, so the gpu tier runs it."""
     case = Case("fp16_operands", b=1, l=77, h=4, p=32, n=32, g=2, chunk=16, D="hp", seq_idx=True)
-    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16"), TOL_FP16, TOL_FP16)
+    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16", states_16bit=states_16bit),
+                            TOL_FP16, TOL_FP16)
+
+
+def test_16bit_states_need_16bit_products():
+    from kernels.ssd.triton_chunked import Launch
+    with pytest.raises(ValueError, match="states_16bit with prec = 'ieee'"):
+        Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
+               heads_per_program=1, prec="ieee", states_16bit=True)
 
 
 def test_triton_launch_rejects_what_does_not_divide():
@@ -234,6 +244,13 @@ def test_triton_gpu_matches_naive(case, dtype, tol, tol_grad, nan_filled_allocat
 def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
     compare_launch_to_naive(GPU_CASES[0], dtype, dict(Q=Q, grad_Q=Q, prec="fp16" if dtype == torch.float16 else "bf16"),
                             tol, tol, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, TOL_FP16), (torch.bfloat16, TOL_BF16)], ids=["fp16", "bf16"])
+def test_triton_gpu_16bit_states(dtype, tol, nan_filled_allocations):
+    # The launch sweep's "16-bit entering states"; the CPU tier runs fp16 only (the interpreter gets bf16 wrong).
+    compare_launch_to_naive(GPU_CASES[0], dtype, dict(states_16bit=True), tol, tol, "cuda")
 
 
 @pytest.mark.gpu
