@@ -325,6 +325,9 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
         # type (make bench-traffic --change states_16bit=true counts what that saves).
         "16-bit entering states": dict(states_16bit=True),
+        # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
+        # 12 (make bench-compile).
+        "forward kernels 2 stages": dict(stages=2),
         # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
         # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's

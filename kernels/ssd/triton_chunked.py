@@ -462,6 +462,7 @@ class Launch:
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
     scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
+    stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
     states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
 
     @property
@@ -470,6 +471,13 @@ class Launch:
         type anyway; only dL/d decay (the reverse scan's fp32 carry dotted with the states) and the bytes
         see the difference."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.prec] if self.states_16bit else torch.float32
+
+    def options(self, gradients=False) -> dict:
+        """Triton's launch options for the forward's tile kernels or the gradient kernels: only those set, so that
+        the default launches exactly as before they existed."""
+        if gradients:
+            return dict(num_warps=self.grad_warps, **({"maxnreg": self.grad_maxnreg} if self.grad_maxnreg else {}))
+        return dict(num_warps=self.warps, **({"num_stages": self.stages} if self.stages else {}))
 
     def __post_init__(self):
         if self.states_16bit and self.prec not in ("bf16", "fp16"):
@@ -582,7 +590,7 @@ def _chunk_cb(B, C, num_chunks, launch):
     # 16-bit values are exact as 16-bit products' operands; fp32 ones need exact fp32 products.
     prec = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(B.dtype, "ieee") if B.dtype == C.dtype else "ieee"
     _cb_products[(T // Q, T // Q, b * g * num_chunks)](B, C, CB, l, g, n, num_chunks, T=T, Q=Q, BN=launch.BN,
-                                                       PREC=prec, num_warps=launch.warps)
+                                                       PREC=prec, **launch.options())
     return CB
 
 
@@ -591,7 +599,7 @@ def _sizes(x, B, decay, launch):
     b, l, h, p = x.shape
     num_chunks = decay.shape[-1]
     sizes = (l, num_chunks * launch.T, h, B.shape[2], p, B.shape[3], num_chunks)
-    return sizes, dict(T=launch.T, Q=launch.Q, BP=launch.BP, PREC=launch.prec, num_warps=launch.warps)
+    return sizes, dict(T=launch.T, Q=launch.Q, BP=launch.BP, PREC=launch.prec)
 
 
 def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
@@ -607,7 +615,7 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     num_chunks = sizes[-1]
     own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
     _chunk_state[(b * h, num_chunks, triton.cdiv(n, launch.BN_state))](
-        u, v, weights, own, *sizes, **{**tiles, "BN": launch.BN_state})
+        u, v, weights, own, *sizes, **tiles, BN=launch.BN_state, **launch.options())
     # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
     carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
     last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
@@ -635,7 +643,7 @@ class SSDChunks(torch.autograd.Function):
         y = torch.empty_like(x)
         _chunk_output[(launch.T // launch.Q, b * h, sizes[-1])](
             x, CB, C, dt, cum, win, states, seq if seq is not None else dt, D if D is not None else dt, y, *sizes,
-            BN=launch.BN, HAS_SEQ=seq is not None, HAS_D=D is not None, **tiles)
+            BN=launch.BN, HAS_SEQ=seq is not None, HAS_D=D is not None, **tiles, **launch.options())
         ctx.save_for_backward(x, B, C, D, CB, dt, cum, win, wout, decay, seq, states)
         # An output nobody used gets None, not a tensor of zeros: final_states mostly goes unused, and its
         # zeros would be written, then read by the reverse state scan.
@@ -657,7 +665,7 @@ class SSDChunks(torch.autograd.Function):
         dleaving, dinit, ddecay = _chunk_carries(dy, C, win, decay, dfinal, True, launch, dot_with=states)
         seq_ptr = seq if seq is not None else dt
         f32 = dict(device=x.device, dtype=torch.float32)
-        args = dict(tiles, Q=launch.grad_Q, num_warps=launch.grad_warps, maxnreg=launch.grad_maxnreg or None)
+        args = dict(tiles, Q=launch.grad_Q, **launch.options(gradients=True))
         q_tiles = launch.T // launch.grad_Q
         per_head = (q_tiles, b * h, sizes[-1])
         dx, ddt, dwout = (torch.empty_like(t) for t in (x, dt, wout))
