@@ -314,10 +314,7 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
     # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
     return {
         "default": {},
-        # The H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md): Q 32 ran the forward 1.09x
-        # faster than Q 64, the step 0.99x.
-        "forward Q 32": dict(Q=32),
-        # At 4 warps and Q 64 the gradient kernels hold 181-255 registers and 8 resident warps per SM (make
+        # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
         # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
         # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
@@ -328,6 +325,12 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
         # 12 (make bench-compile).
         "forward kernels 2 stages": dict(stages=2),
+        # 4 warps has been the default since the H200 sweep of 2026-11-27 (1.18x a step then,
+        # results/ssd_launch_NVIDIA-H200_2026-11-27.md), before session 10 changed the gradient kernels.
+        "gradient kernels 8 warps": dict(grad_warps=8),
+        # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
+        # default's forward timed it at 1.33-1.50 ms.
+        "forward Q 32": dict(Q=32),
         # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
         # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's
@@ -335,10 +338,6 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # programs, each a shorter row of the state.
         "state scan pipelined, 3 stages": dict(scan_stages=3),
         "state scan block 256": dict(scan_block=256),
-        # The default since that sweep (1.18x a step) is 4, though three of them spill there.
-        "gradient kernels 8 warps": dict(grad_warps=8),
-        "forward kernels 8 warps": dict(warps=8),
-        "chunk state n tile 128": dict(BN_state=128),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
