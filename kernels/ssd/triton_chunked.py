@@ -466,11 +466,16 @@ class Launch:
     states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
 
     @property
+    def operand_dtype(self) -> torch.dtype:
+        """What a product's operands are rounded to: prec's 16-bit type, else fp32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.prec, torch.float32)
+
+    @property
     def states_dtype(self) -> torch.dtype:
         """Of the kept entering states and dL/d(state leaving each chunk): every product rounds them to prec's
         type anyway; only dL/d decay (the reverse scan's fp32 carry dotted with the states) and the bytes
         see the difference."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.prec] if self.states_16bit else torch.float32
+        return self.operand_dtype if self.states_16bit else torch.float32
 
     def options(self, gradients=False) -> dict:
         """Triton's launch options for the forward's tile kernels or the gradient kernels: only those set, so that
@@ -679,7 +684,7 @@ class SSDChunks(torch.autograd.Function):
         splits = h // groups // launch.heads_per_program
         # dCB in the products' operand type: its tiles are rounded to it anyway where dC and dB read them.
         dCB = torch.empty(b * groups * splits, sizes[-1], launch.T, launch.T, device=x.device,
-                          dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(launch.prec, torch.float32))
+                          dtype=launch.operand_dtype)
         # Partial sums, summed below: cum's row terms per column tile, dL/dwin per n tile.
         dcum = torch.empty(b * h, q_tiles, cum.shape[-1], **f32)
         dwin = torch.empty(b * h, triton.cdiv(n, launch.BN_grad), cum.shape[-1], **f32)
