@@ -209,7 +209,8 @@ def main(argv=None):
     day = datetime.date.today().isoformat()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_compile_sm{args.arch}_{day}.md"
-    path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: bf16 inputs, the launch sweep's shape "
+    path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: {', '.join(args.dtype or ['bf16'])} inputs, "
+                    f"the launch sweep's shape "
                     f"(L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
                     f"- triton {triton.__version__}, torch {torch.__version__}\n\n"
                     f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
