@@ -210,8 +210,7 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_compile_sm{args.arch}_{day}.md"
     path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: {', '.join(args.dtype or ['bf16'])} inputs, "
-                    f"the launch sweep's shape "
-                    f"(L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
+                    f"the launch sweep's shape (L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
                     f"- triton {triton.__version__}, torch {torch.__version__}\n\n"
                     f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
     print(f"wrote {path}", file=sys.stderr)
