@@ -78,3 +78,29 @@ def test_both_scans_move_at_least_their_inputs_and_outputs():
         assert fwd["triton"] >= 3 and bwd["triton"] >= 3, impl
     text = report(shape, counted, "test")
     assert "| fwd+bwd | " in text and "ours, bwd, by kernel" in text and "mamba_ssm, fwd, by kernel" in text
+
+
+@needs_interpreter
+def test_our_scan_does_each_product_once():
+    """Our products, counted, against a count by hand (2 m n k a product). Session 9's gradient kernels formed
+    dy_t . x_s three times a tile pair and head, and one more product in _chunk_grad_cols: this would fail."""
+    shape = SSDShape(b=1, l=256, h=4, p=16, n=16, chunk=128)  # fp16: T 128, two Q-tiles of 64, nothing padded
+    Q, P, N, heads, chunks = 64, 16, 16, 4, 2
+    tiles, pairs = 2, 3  # Q-tiles of a chunk, and (t tile, s tile) pairs with s <= t
+
+    def product(m, n, k):
+        return 2 * m * n * k
+
+    forward = (pairs * product(Q, Q, N)               # _cb_products: C_t . B_s, once for the group
+               + tiles * heads * product(P, N, Q)     # _chunk_state: each chunk's own state
+               + tiles * heads * product(Q, P, N)     # _chunk_output: C_t against the entering state
+               + pairs * heads * product(Q, P, Q))    # _chunk_output: the in-chunk sum
+    backward = (tiles * heads * product(P, N, Q)      # _chunk_state: dL/dS_c
+                + tiles * heads * product(Q, P, N)    # _chunk_grad_cols: G B_s
+                + pairs * heads * product(Q, P, Q)    # _chunk_grad_cols: the in-chunk sum over t, dx and ddt from it
+                + pairs * heads * product(Q, Q, P)    # _chunk_grad_CB: dy_t . x_s
+                + 2 * tiles * heads * product(Q, N, P)  # _chunk_grad_C and _B: the states' terms
+                + 2 * pairs * product(Q, N, Q))       # _chunk_grad_C and _B: dCB's tiles times B and C
+    counted = count("ours", shape)
+    assert totals(counted["fwd"])["flops"] == chunks * forward
+    assert totals(counted["bwd"])["flops"] == chunks * backward
