@@ -320,7 +320,7 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
-        # type (make bench-traffic --change states_16bit=true counts what that saves).
+        # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
         "16-bit entering states": dict(states_16bit=True),
         # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
         # 12 (make bench-compile).
