@@ -607,6 +607,11 @@ def _sizes(x, B, decay, launch):
     return sizes, dict(T=launch.T, Q=launch.Q, BP=launch.BP, PREC=launch.prec)
 
 
+def _sum_partials(partials, like):
+    """(b*h, parts, Lp) partial sums -> their sum shaped like `like` (b, h, Lp); one part is a view, no kernel."""
+    return (partials[:, 0] if partials.shape[1] == 1 else partials.sum(1)).view_as(like)
+
+
 def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     """carry' = decay_c carry + sum_{t in chunk c} weights_t u_t v_t^T over the chunks (last to first if
     reverse), from init (zeros if None): the carry entering each chunk (b, h, chunks, p, n), the last, and
@@ -697,8 +702,8 @@ class SSDChunks(torch.autograd.Function):
         _chunk_grad_C[summed](dy, B, C, win, states, dCB, dC, dwin, *sizes, **args, BN=launch.BN_grad)
         _chunk_grad_B[summed](x, C, wout, dleaving, dCB, dB, *sizes, **args, BN=launch.BN_grad)
         # cum_s's share of d exp(cum_t - cum_s) is the negative of dt_s's share of M_ts, times dt_s.
-        dcum = dcum.sum(1).view_as(cum) - ddt * dt
-        dwin = dwin.view_as(win) if dwin.shape[1] == 1 else dwin.sum(1).view_as(win)
+        dcum = _sum_partials(dcum, cum) - ddt * dt
+        dwin = _sum_partials(dwin, win)
         dB, dC = (d.view(b, l, groups, splits, n).sum(3) if splits > 1 else d.view(b, l, groups, n) for d in (dB, dC))
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
         dinit = None if ctx.init_dtype is None else dinit.to(ctx.init_dtype)
