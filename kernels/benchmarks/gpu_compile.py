@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-KERNELS = ("_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_chunk_output",
+KERNELS = ("_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_state_pass", "_chunk_output",
            "_chunk_grad_cols", "_chunk_grad_CB", "_chunk_grad_C", "_chunk_grad_B", "_token_weights_bwd")
 # Shared memory per block (opt-in maximum), bytes: A100 and H100/H200.
 MAX_SHARED = {80: 166912, 90: 232448}

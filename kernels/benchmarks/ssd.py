@@ -314,6 +314,12 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
     # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
     return {
         "default": {},
+        # _state_scan ran at a quarter of copy bandwidth on the H200 (0.68 of 5.49 ms a step at this shape), after
+        # _chunk_state wrote each chunk's own fp32 state for it to read. _state_pass does both in one loop and
+        # keeps the own states in registers (kernels.benchmarks.traffic --change one_pass_states=true counts the
+        # bytes saved), with fewer programs: b h n / BN_state of them, each walking every chunk.
+        "states in one pass": dict(one_pass_states=True),
+        "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
         # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
         # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
         # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
@@ -333,11 +339,10 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         "forward Q 32": dict(Q=32),
         # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
-        # _state_scan ran at a quarter of copy bandwidth there: the next chunks' loads issued before this chunk's
-        # carry is done (tl.range's software pipelining: sm_90 code then stages them in shared memory), or more
-        # programs, each a shorter row of the state.
+        # Or _state_scan with the next chunks' loads issued before this chunk's carry is done (tl.range's software
+        # pipelining: sm_90 code then stages them in shared memory). A block of 256 ran the forward 1.08x faster
+        # and the step 0.96x in the H200 sweep.
         "state scan pipelined, 3 stages": dict(scan_stages=3),
-        "state scan block 256": dict(scan_block=256),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per

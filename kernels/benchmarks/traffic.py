@@ -90,7 +90,9 @@ class Counter:
 
     def memory(self, ptrs, mask, stored):
         size = max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
-        addresses = ptrs.data[mask.data] if mask is not None else ptrs.data.ravel()
+        # A mask may reach the builder as int32 (_state_pass's `lanes & first_tile` in a loop does): as an index it
+        # would pick rows 0 and 1, so it is read as the lanes it switches on.
+        addresses = ptrs.data[mask.data.astype(bool)] if mask is not None else ptrs.data.ravel()
         if stored:
             self._kernel.written += size * addresses.size
         else:

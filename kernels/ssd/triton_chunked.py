@@ -1,5 +1,5 @@
-"""Chunked SSD in Triton: eight kernels under one autograd.Function and two under another, in mamba_ssm's
-chunk layout.
+"""Chunked SSD in Triton: eight kernels (or nine, with a launch option) under one autograd.Function and two under
+another, in mamba_ssm's chunk layout.
 
 Per (batch, head) the sequence is cut into chunks of T tokens (T = chunk_size rounded down to a
 power of two, 16..256), and a chunk is worked on in tiles of Q tokens (Q <= 64, so that a (Q, Q)
@@ -34,6 +34,8 @@ group and chunk (`_cb_products`) and the kernels read its tiles instead of recom
               _chunk_grad_C       dC and dL/dwin, per block of a group's heads and Q-row tile
               _chunk_grad_B       dB, per block of a group's heads and Q-column tile
               _token_weights_bwd  the weights' gradients taken back to the raw dt, A and dt_bias
+    both ways, with Launch.one_pass_states (not the default until a GPU has timed it), _state_pass in place of
+    _chunk_state and _state_scan: one sequential pass per state tile that keeps no chunk's own state in memory
 
 _chunk_grad_CB, _C and _B take a block of heads of one group per program and sum over them in registers
 (per-head fp32 copies of dC and dB would be h / g times the size of B). The tile kernels' grids put the
@@ -270,6 +272,47 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
 
 
 @triton.jit
+def _state_pass(u_ptr, v_ptr, wt_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_ptr,
+                l, Lp, h, g, P, N, num_chunks,
+                T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+                REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DOT: tl.constexpr):
+    """_chunk_state and _state_scan in one kernel (Launch.one_pass_states), grid (b*h, cdiv(N, BN)): the program
+    carries its (P, BN) tile of the state across the chunks (last to first if REVERSE) in registers, so no chunk's
+    own contribution goes through memory (fla's chunk_fwd_h works this way). One flat loop over every Q-token
+    tile of every chunk, so that software pipelining issues the next tiles' loads while this one's carry is
+    being summed. At a chunk's first tile: out[c] = carry (with HAS_DOT, this tile's share of <out[c], with[c]>
+    to dot (b*h, chunks, cdiv(N, BN))), then carry *= decay[c]; every tile adds sum_t wt_t u_t v_t^T.
+    final = carry. Same arguments and results as the two kernels."""
+    i_bh, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_b, i_h, i_g, tok, _ = _head(i_bh, h, g, Lp)
+    ends, mask = _state_tile(i_bh, 0, 1, P, N, BP, BN, i_n * BN)  # init and final: (b*h, P, N)
+    if HAS_INIT:
+        carry = tl.load(init_ptr + ends, mask=mask, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros((BP, BN), tl.float32)
+    for j in tl.range(num_chunks * (T // Q)):
+        k = j % (T // Q)
+        if REVERSE:
+            c = num_chunks - 1 - j // (T // Q)
+        else:
+            c = j // (T // Q)
+        first = k == 0  # masks, not a branch: the loop stays one pipelined loop
+        here = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)[0]
+        tl.store(out_ptr + here, carry.to(out_ptr.dtype.element_ty), mask=mask & first)
+        if HAS_DOT:
+            S = tl.load(with_ptr + here, mask=mask & first, other=0.0).to(tl.float32)
+            tl.store(dot_ptr + (i_bh * num_chunks + c) * tl.num_programs(1) + i_n, tl.sum(tl.sum(carry * S, 1), 0),
+                     mask=first)
+        t0 = c * T + k * Q
+        u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
+        v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
+        wt = tl.load(wt_ptr + tok + t0 + tl.arange(0, Q))
+        scale = tl.where(first, tl.load(decay_ptr + i_bh * num_chunks + c), 1.0)
+        carry = scale * carry + _dot(tl.trans(u * wt[:, None]), v, PREC)
+    tl.store(final_ptr + ends, carry, mask=mask)
+
+
+@triton.jit
 def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, seq_ptr, D_ptr, y_ptr,
                   l, Lp, h, g, P, N, num_chunks,
                   T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
@@ -464,6 +507,7 @@ class Launch:
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
     stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
     states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
+    one_pass_states: bool = False  # _state_pass instead of _chunk_state then _state_scan: no chunk's own state kept
 
     @property
     def operand_dtype(self) -> torch.dtype:
@@ -623,19 +667,29 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     n = v.shape[3]
     sizes, tiles = _sizes(u, v, decay, launch)
     num_chunks = sizes[-1]
-    own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
-    _chunk_state[(b * h, num_chunks, triton.cdiv(n, launch.BN_state))](
-        u, v, weights, own, *sizes, **tiles, BN=launch.BN_state, **launch.options())
-    # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
-    carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
     last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
-    blocks = triton.cdiv(p * n, launch.scan_block)
-    dots = None if dot_with is None else torch.empty(b, h, num_chunks, blocks, device=u.device, dtype=torch.float32)
-    _state_scan[(b * h, blocks)](
-        own, decay, init if init is not None else last, carries, last,
-        dot_with if dot_with is not None else last, dots if dots is not None else last, num_chunks, p * n,
-        BLOCK=launch.scan_block, REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None,
-        STAGES=launch.scan_stages or None)
+    n_tiles = triton.cdiv(n, launch.BN_state)
+    if launch.one_pass_states:
+        carries = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=launch.states_dtype)
+        parts = n_tiles  # dL/d decay's partial sums, one per program
+    else:
+        own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
+        _chunk_state[(b * h, num_chunks, n_tiles)](u, v, weights, own, *sizes, **tiles, BN=launch.BN_state,
+                                                   **launch.options())
+        # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
+        carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
+        parts = triton.cdiv(p * n, launch.scan_block)
+    dots = None if dot_with is None else torch.empty(b, h, num_chunks, parts, device=u.device, dtype=torch.float32)
+    # init, out, final, with and dot: what both scan kernels take after the decay
+    scan_args = (init if init is not None else last, carries, last, dot_with if dot_with is not None else last,
+                 dots if dots is not None else last)
+    flags = dict(REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
+    if launch.one_pass_states:
+        _state_pass[(b * h, n_tiles)](u, v, weights, decay, *scan_args, *sizes, **tiles, BN=launch.BN_state,
+                                      **flags, **launch.options())
+    else:
+        _state_scan[(b * h, parts)](own, decay, *scan_args, num_chunks, p * n, BLOCK=launch.scan_block,
+                                    STAGES=launch.scan_stages or None, **flags)
     return carries, last, None if dots is None else dots.sum(-1)
 
 

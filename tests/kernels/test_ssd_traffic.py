@@ -27,6 +27,15 @@ def _double_in_place(ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _store_in_first_step(ptr, n, BLOCK: tl.constexpr):
+    """ptr[:n] = 1 in the first of three loop steps. In the interpreter the step is a Python int, so the mask
+    `lanes & (i == 0)` comes out int32, not bool (_state_pass stores this way)."""
+    offs = tl.arange(0, BLOCK)
+    for i in tl.range(3):
+        tl.store(ptr + offs, tl.full((BLOCK,), 1.0, tl.float32), mask=(offs < n) & (i == 0))
+
+
+@triton.jit
 def _matmul(a, b, c, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
     rm, rk, rn = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
     prod = tl.dot(tl.load(a + rm[:, None] * K + rk[None, :]), tl.load(b + rk[:, None] * N + rn[None, :]))
@@ -37,23 +46,26 @@ def _matmul(a, b, c, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
 def test_counts_a_triton_kernel_and_torch_ops_by_hand():
     src, dst = torch.arange(100, dtype=torch.float32), torch.empty(100, dtype=torch.float32)
     a, b, c = torch.ones(16, 32), torch.ones(32, 16), torch.empty(16, 16)
+    stored = torch.zeros(16)
     counter = Counter()
     with counter.phase("fwd"):
         _twice[(2,)](src, dst, 100, BLOCK=64)          # 128 lanes, 28 masked off
         _double_in_place[(2,)](dst, 100, BLOCK=64)
         _matmul[(1,)](a, b, c, M=16, K=32, N=16)
+        _store_in_first_step[(1,)](stored, 10, BLOCK=16)  # 10 lanes stored once
         total = src.view(10, 10).sum(0)                  # the view moves nothing; the sum reads 400, writes 40
         copy = torch.empty(100)                          # an allocation moves nothing
         copy.copy_(src)                                  # copy_ writes its first argument without reading it
-    twice, in_place, matmul, summed, copied = counter.launches["fwd"]
+    twice, in_place, matmul, first_step, summed, copied = counter.launches["fwd"]
     assert (twice.name, twice.kind, twice.read, twice.written, twice.footprint) == ("_twice", "triton", 800, 400, 800)
     assert (in_place.read, in_place.written, in_place.footprint) == (400, 400, 800)
-    assert dst[5] == 20 and (c == 32).all()              # the kernels still ran
+    assert dst[5] == 20 and (c == 32).all() and stored.sum() == 10  # the kernels still ran
     assert (matmul.flops, matmul.read, matmul.written) == (2 * 16 * 32 * 16, 4 * (512 + 512), 4 * 256)
+    assert (first_step.written, first_step.footprint) == (40, 40)
     assert (summed.name, summed.kind, summed.read, summed.written) == ("sum", "torch", 400, 40)
     assert total.shape == (10,)
     assert (copied.name, copied.read, copied.written) == ("copy_", 400, 400)
-    assert totals(counter.launches["fwd"])["triton"] == 3
+    assert totals(counter.launches["fwd"])["triton"] == 4
 
 
 def test_parse_shape_names_the_field_at_fault():
@@ -81,9 +93,11 @@ def test_both_scans_move_at_least_their_inputs_and_outputs():
 
 
 @needs_interpreter
-def test_our_scan_does_each_product_once():
+@pytest.mark.parametrize("one_pass_states", [False, True], ids=["two_pass_states", "one_pass_states"])
+def test_our_scan_does_each_product_once(one_pass_states):
     """Our products, counted, against a count by hand (2 m n k a product). Session 9's gradient kernels formed
-    dy_t . x_s three times a tile pair and head, and one more product in _chunk_grad_cols: this would fail."""
+    dy_t . x_s three times a tile pair and head, and one more product in _chunk_grad_cols: this would fail.
+    _state_pass makes the same products as _chunk_state (and _state_scan none)."""
     shape = SSDShape(b=1, l=256, h=4, p=16, n=16, chunk=128)  # fp16: T 128, two Q-tiles of 64, nothing padded
     Q, P, N, heads, chunks = 64, 16, 16, 4, 2
     tiles, pairs = 2, 3  # Q-tiles of a chunk, and (t tile, s tile) pairs with s <= t
@@ -101,6 +115,11 @@ def test_our_scan_does_each_product_once():
                 + pairs * heads * product(Q, Q, P)    # _chunk_grad_CB: dy_t . x_s
                 + 2 * tiles * heads * product(Q, N, P)  # _chunk_grad_C and _B: the states' terms
                 + 2 * pairs * product(Q, N, Q))       # _chunk_grad_C and _B: dCB's tiles times B and C
-    counted = count("ours", shape)
+    counted = count("ours", shape, launch_change=dict(one_pass_states=one_pass_states))
+    names = {launch.name for launch in counted["fwd"] + counted["bwd"]}
+    assert ("_state_pass" in names, "_state_scan" in names) == (one_pass_states, not one_pass_states), names
+    if one_pass_states:  # each chunk's entering fp32 state written once (not once a tile), and the last state
+        assert [launch.written for launch in counted["fwd"] if launch.name == "_state_pass"] == \
+            [(chunks + 1) * heads * P * N * 4]
     assert totals(counted["fwd"])["flops"] == chunks * forward
     assert totals(counted["bwd"])["flops"] == chunks * backward

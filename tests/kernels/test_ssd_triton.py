@@ -154,22 +154,32 @@ def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
     dict(T=32, Q=16, grad_Q=16),
     dict(T=64, Q=16, grad_Q=32, BN_state=16, BN_grad=16, scan_block=128, scan_stages=2, heads_per_program=2, stages=2),
     dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1, grad_maxnreg=128),
-], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head"])
+    dict(T=64, Q=16, BN_state=16, one_pass_states=True),
+], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head",
+        "states_in_one_pass_four_tiles_two_n_tiles"])
 def test_triton_launch_does_not_change_the_result(change, nan_filled_allocations):
     """Every Launch the benchmark's sweep may pick computes the same scan: several Q-token tiles per
     T-token chunk (the loops over tiles in every kernel) and the gradient kernels' heads split several
-    ways, against the naive recurrence, forward and backward."""
+    ways, _state_pass for _chunk_state and _state_scan, against the naive recurrence, forward and backward."""
     case = Case("launch", b=2, l=77, h=4, p=32, n=32, g=1, chunk=16, D="hp", seq_idx=True)
     compare_launch_to_naive(case, torch.float32, change, TOL_FP32, TOL_FP32_GRAD)
 
 
-@pytest.mark.parametrize("states_16bit", [False, True], ids=["fp32_states", "fp16_states"])
-def test_triton_16bit_dot_operands(states_16bit, nan_filled_allocations):
+def test_states_in_one_pass_without_initial_states(nan_filled_allocations):
+    """_state_pass's other ends: its carry starting from zeros, and a sequence shorter than one chunk."""
+    case = Case("one_pass_short", b=2, l=9, h=2, p=16, n=32, g=1, chunk=16, init=False)
+    compare_launch_to_naive(case, torch.float32, dict(one_pass_states=True, BN_state=16), TOL_FP32, TOL_FP32_GRAD)
+
+
+@pytest.mark.parametrize("states", [dict(states_16bit=False), dict(states_16bit=True),
+                                    dict(states_16bit=True, one_pass_states=True)],
+                         ids=["fp32_states", "fp16_states", "fp16_states_one_pass"])
+def test_triton_16bit_dot_operands(states, nan_filled_allocations):
     """prec "fp16" rounds every product's operands to fp16 first, and states_16bit keeps the entering states and
     their gradients in fp16 too (initial_states and final_states stay as they are). bf16 is the same code, but
     the interpreter gets bf16 wrong, so the gpu tier runs it."""
     case = Case("fp16_operands", b=1, l=77, h=4, p=32, n=32, g=2, chunk=16, D="hp", seq_idx=True)
-    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16", states_16bit=states_16bit),
+    compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16", **states),
                             TOL_FP16, TOL_FP16)
 
 
@@ -248,9 +258,12 @@ def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, TOL_FP16), (torch.bfloat16, TOL_BF16)], ids=["fp16", "bf16"])
-def test_triton_gpu_16bit_states(dtype, tol, nan_filled_allocations):
-    # The launch sweep's "16-bit entering states"; the CPU tier runs fp16 only (the interpreter gets bf16 wrong).
-    compare_launch_to_naive(GPU_CASES[0], dtype, dict(states_16bit=True), tol, tol, "cuda")
+@pytest.mark.parametrize("one_pass_states", [False, True], ids=["two_pass", "one_pass"])
+def test_triton_gpu_16bit_states(dtype, tol, one_pass_states, nan_filled_allocations):
+    # The launch sweep's "16-bit entering states" and "states in one pass"; the CPU tier runs fp16 only (the
+    # interpreter gets bf16 wrong).
+    compare_launch_to_naive(GPU_CASES[0], dtype, dict(states_16bit=True, one_pass_states=one_pass_states), tol, tol,
+                            "cuda")
 
 
 @pytest.mark.parametrize("tiles", [dict(Q=64, grad_Q=32), dict(Q=32, grad_Q=64)])
