@@ -2,6 +2,7 @@
 
     TRITON_INTERPRET=1 python -m kernels.benchmarks.predict          # the H100 table; counts at H 16, 32, check at 8
     TRITON_INTERPRET=1 python -m kernels.benchmarks.predict --gpu-table FILE --check-heads     # another table, no check
+    TRITON_INTERPRET=1 python -m kernels.benchmarks.predict --change one_pass_states=true      # ours under another launch
 
 make bench-traffic counts, in the interpreter, the distinct bytes each scan's launches read and write
 (footprint) at B1_L1024. Every buffer either scan moves is per token, per chunk or per (token, head), so per 1024
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.benchmarks.gpu_compile import launch_field
 from kernels.benchmarks.registry import SSD_GPU, SSDShape
 from kernels.benchmarks.ssd import PEER  # mamba_ssm's column in the GPU table
 from kernels.benchmarks.traffic import IMPLS, count, totals
@@ -39,9 +41,10 @@ COUNT_TOKENS = 1024
 MODES = {"fwd": ("fwd",), "fwd+bwd": ("fwd", "bwd")}
 
 
-def footprints(impl: str, shape: SSDShape) -> dict[str, float]:
-    """Footprint bytes of one fwd and one fwd+bwd of impl at shape (counted in the interpreter)."""
-    launches = count(impl, shape)
+def footprints(impl: str, shape: SSDShape, launch_change=None) -> dict[str, float]:
+    """Footprint bytes of one fwd and one fwd+bwd of impl at shape (counted in the interpreter); ours under
+    default_launch with launch_change's fields."""
+    launches = count(impl, shape, launch_change=launch_change)
     return {mode: float(sum(totals(launches[phase])["footprint"] for phase in phases))
             for mode, phases in MODES.items()}
 
@@ -107,10 +110,11 @@ def predict(lines: dict, shapes: dict[str, SSDShape], bandwidth: float, measured
     return rows
 
 
-def report(rows, checks, heads, gpu_table: Path, bandwidth, command) -> str:
+def report(rows, checks, heads, gpu_table: Path, bandwidth, command, launch_change=None) -> str:
     lines = [f"# SSD scan: bytes counted in the interpreter, read against {gpu_table.name}", "",
              f"- command: `{command}`", f"- date: {datetime.date.today()}",
-             f"- footprints counted at B1_L{COUNT_TOKENS}, H {', '.join(map(str, heads))} (fp16, default launch); "
+             f"- footprints counted at B1_L{COUNT_TOKENS}, H {', '.join(map(str, heads))} (fp16; ours under "
+             f"default_launch with {launch_change or 'no change'}); "
              f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, measured in that table", "",
              __doc__.split("\n\n", 2)[2].rstrip(), ""]
     if checks:
@@ -139,7 +143,10 @@ def main(argv=None):
                         help="head numbers counted only to check the line (none: skip)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--no-keep", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
+                        help="count ours under default_launch with this Launch field changed (repeatable)")
     args = parser.parse_args(argv)
+    launch_change = dict(launch_field(change) for change in args.change)
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("kernels.benchmarks.predict counts in the Triton interpreter: run it with TRITON_INTERPRET=1")
     bandwidth, measured = read_gpu_table(args.gpu_table)
@@ -150,7 +157,7 @@ def main(argv=None):
             counted = {}
             for h in args.heads + args.check_heads:
                 print(f"counting {impl} at {counting_shape(shape, h).name} ...", file=sys.stderr, flush=True)
-                counted[h] = footprints(impl, counting_shape(shape, h))
+                counted[h] = footprints(impl, counting_shape(shape, h), launch_change if impl == "ours" else None)
             for mode in MODES:
                 lines[impl, mode, key] = fit_heads(args.heads, [counted[h][mode] for h in args.heads])
                 checks += [dict(impl=impl, mode=mode, shape=counting_shape(shape, h).name, counted=counted[h][mode],
@@ -159,12 +166,13 @@ def main(argv=None):
     rows = predict(lines, SSD_GPU, bandwidth, measured)
     command = "TRITON_INTERPRET=1 python -m kernels.benchmarks.predict " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    text = report(rows, checks, args.heads, args.gpu_table, bandwidth, command.strip())
+    text = report(rows, checks, args.heads, args.gpu_table, bandwidth, command.strip(), launch_change)
     print(text)
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         gpu = re.sub(r"_\d{4}-\d{2}-\d{2}$", "", args.gpu_table.stem.removeprefix("ssd_"))
-        path = args.out_dir / f"ssd_predicted_{gpu}_{datetime.date.today()}.md"
+        changed = "".join(f"_{key}{value}" for key, value in launch_change.items())
+        path = args.out_dir / f"ssd_predicted_{gpu}{changed}_{datetime.date.today()}.md"
         path.write_text(text)
         print(f"wrote {path}", file=sys.stderr)
 

@@ -56,13 +56,21 @@ def test_a_file_without_a_gpu_table_is_named(tmp_path):
 
 
 def test_main_writes_a_row_per_shape_and_mode(tmp_path, monkeypatch):
-    """The plumbing, with counts replaced by an affine function of the heads (mamba_ssm's twice ours)."""
-    fake = lambda impl, shape: {mode: (2 if impl == "mamba_ssm" else 1) * (1e6 * shape.h + 3e6) * len(phases)
-                                for mode, phases in predict.MODES.items()}
+    """The plumbing, with counts replaced by an affine function of the heads (mamba_ssm's twice ours), and ours
+    counted under another launch."""
+    changes = set()
+
+    def fake(impl, shape, launch_change):
+        changes.add((impl, str(launch_change)))
+        return {mode: (2 if impl == "mamba_ssm" else 1) * (1e6 * shape.h + 3e6) * len(phases)
+                for mode, phases in predict.MODES.items()}
     monkeypatch.setattr(predict, "footprints", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    predict.main(["--gpu-table", str(H100_TABLE), "--out-dir", str(tmp_path)])
-    text, = (path.read_text() for path in tmp_path.glob("ssd_predicted_NVIDIA-H100-80GB-HBM3_*.md"))
+    predict.main(["--gpu-table", str(H100_TABLE), "--out-dir", str(tmp_path), "--change", "one_pass_states=true"])
+    assert changes == {("ours", "{'one_pass_states': True}"), ("mamba_ssm", "None")}
+    path, = tmp_path.glob("ssd_predicted_NVIDIA-H100-80GB-HBM3_one_pass_statesTrue_*.md")
+    text = path.read_text()
+    assert "ours under default_launch with {'one_pass_states': True}" in text
     rows = [line for line in text.splitlines() if line.startswith("| B")]
     assert len(rows) == 2 * len(SSD_GPU)
     assert text.count("| +0.0% |") == 2 * len(predict.IMPLS)  # the line meets the check at H 32 exactly
