@@ -352,6 +352,9 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
 
 
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
+# The sweep prints a step's kernel times (torch.profiler) for these: the default, and the variant that replaces
+# kernels, so that _state_pass's time reads against _chunk_state's and _state_scan's.
+PROFILED_VARIANTS = ("default", "states in one pass")
 
 
 def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[list[str], list[list[str]]]:
@@ -394,7 +397,8 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
                 print(f"  {name} {mode}: {error}", file=sys.stderr)
         print(f"  {shape.name} {launch}: {seconds[name]} rel. max diff {err:.1e}", file=sys.stderr)
 
-        if name == "default":
+        if name in PROFILED_VARIANTS:
+            print(f"  kernel times, {name}:", file=sys.stderr)
             print_kernel_times(runner(fn, inputs, "fwd+bwd"), device)
 
         def cell(mode, speedup=False):

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
-from kernels.benchmarks.ssd import (combined_launch, fastest_launch, implementation, make_inputs, outputs,
-                                    triton_launched, worst_difference)
+from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, fastest_launch, implementation,
+                                    launch_variants, make_inputs, outputs, triton_launched, worst_difference)
 
 
 def test_registry_names_describe_their_shapes():
@@ -68,3 +68,8 @@ def test_combined_launch_joins_the_fastest_forward_and_the_fastest_step():
     seconds["both tiles"]["fwd"] = 1.5
     seconds["grad tile"]["fwd+bwd"] = seconds["both tiles"]["fwd+bwd"] = 9.9  # no step beats the default
     assert combined_launch(variants, seconds, diffs) is None
+
+
+def test_the_profiled_variants_are_swept():
+    # A renamed variant would silently lose its kernel times in the sweep's log.
+    assert set(PROFILED_VARIANTS) <= set(launch_variants(heads_per_group=80))
