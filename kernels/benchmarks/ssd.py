@@ -320,6 +320,8 @@ def launch_variants(heads_per_group: int) -> dict[str, dict]:
         # bytes saved), with fewer programs: b h n / BN_state of them, each walking every chunk.
         "states in one pass": dict(one_pass_states=True),
         "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
+        # The fewest bytes a step counted (0.31-0.33x mamba_ssm's at L 1024, H 8 and 32).
+        "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
         # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
         # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
         # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.

@@ -282,7 +282,9 @@ def _state_pass(u_ptr, v_ptr, wt_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, w
     tile of every chunk, so that software pipelining issues the next tiles' loads while this one's carry is
     being summed. At a chunk's first tile: out[c] = carry (with HAS_DOT, this tile's share of <out[c], with[c]>
     to dot (b*h, chunks, cdiv(N, BN))), then carry *= decay[c]; every tile adds sum_t wt_t u_t v_t^T.
-    final = carry. Same arguments and results as the two kernels."""
+    final = carry. Same arguments and results as the two kernels.
+    Compiled for sm_90 (Triton 3.7), the u, v and wt loads are pipelined (cp.async); the decay and HAS_DOT's tile
+    of `with` are not, so the backward waits for one (P, BN) load a chunk."""
     i_bh, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h, i_g, tok, _ = _head(i_bh, h, g, Lp)
     ends, mask = _state_tile(i_bh, 0, 1, P, N, BP, BN, i_n * BN)  # init and final: (b*h, P, N)
