@@ -28,11 +28,12 @@ def _double_in_place(ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _store_in_first_step(ptr, n, BLOCK: tl.constexpr):
-    """ptr[:n] = 1 in the first of three loop steps. In the interpreter the step is a Python int, so the mask
-    `lanes & (i == 0)` comes out int32, not bool (_state_pass stores this way)."""
+    """ptr[:n] = 1 in the first of three loop steps. In the interpreter, `lanes & (step == 0)` with the step
+    computed from the loop index holds int32 data, not bool (_state_pass's masks do too)."""
     offs = tl.arange(0, BLOCK)
     for i in tl.range(3):
-        tl.store(ptr + offs, tl.full((BLOCK,), 1.0, tl.float32), mask=(offs < n) & (i == 0))
+        step = i % 3
+        tl.store(ptr + offs, tl.full((BLOCK,), 1.0, tl.float32), mask=(offs < n) & (step == 0))
 
 
 @triton.jit
