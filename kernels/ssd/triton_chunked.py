@@ -671,26 +671,24 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     num_chunks = sizes[-1]
     last = torch.empty(b, h, p, n, device=u.device, dtype=torch.float32)
     n_tiles = triton.cdiv(n, launch.BN_state)
+    parts = n_tiles if launch.one_pass_states else triton.cdiv(p * n, launch.scan_block)  # one per scan program
+    dots = None if dot_with is None else torch.empty(b, h, num_chunks, parts, device=u.device, dtype=torch.float32)
+
+    def scan_args(carries):  # init, out, final, with and dot: what both scan kernels take after the decay
+        return (init if init is not None else last, carries, last, dot_with if dot_with is not None else last,
+                dots if dots is not None else last)
+    flags = dict(REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
     if launch.one_pass_states:
         carries = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=launch.states_dtype)
-        parts = n_tiles  # dL/d decay's partial sums, one per program
+        _state_pass[(b * h, n_tiles)](u, v, weights, decay, *scan_args(carries), *sizes, **tiles,
+                                      BN=launch.BN_state, **flags, **launch.options())
     else:
         own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
         _chunk_state[(b * h, num_chunks, n_tiles)](u, v, weights, own, *sizes, **tiles, BN=launch.BN_state,
                                                    **launch.options())
         # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
         carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
-        parts = triton.cdiv(p * n, launch.scan_block)
-    dots = None if dot_with is None else torch.empty(b, h, num_chunks, parts, device=u.device, dtype=torch.float32)
-    # init, out, final, with and dot: what both scan kernels take after the decay
-    scan_args = (init if init is not None else last, carries, last, dot_with if dot_with is not None else last,
-                 dots if dots is not None else last)
-    flags = dict(REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
-    if launch.one_pass_states:
-        _state_pass[(b * h, n_tiles)](u, v, weights, decay, *scan_args, *sizes, **tiles, BN=launch.BN_state,
-                                      **flags, **launch.options())
-    else:
-        _state_scan[(b * h, parts)](own, decay, *scan_args, num_chunks, p * n, BLOCK=launch.scan_block,
+        _state_scan[(b * h, parts)](own, decay, *scan_args(carries), num_chunks, p * n, BLOCK=launch.scan_block,
                                     STAGES=launch.scan_stages or None, **flags)
     return carries, last, None if dots is None else dots.sum(-1)
 
