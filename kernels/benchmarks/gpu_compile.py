@@ -187,9 +187,10 @@ def main(argv=None):
         variants = {" ".join(args.change): dict(launch_field(change) for change in args.change)}
     else:
         from kernels.benchmarks.registry import SSD_GPU
-        from kernels.benchmarks.ssd import SWEEP_SHAPE, launch_variants
+        from kernels.benchmarks.ssd import SWEEP_SHAPE
+        from kernels.ssd.tuning import candidates
         sweep = SSD_GPU[SWEEP_SHAPE]
-        variants = {"default": {}} if args.default_only else launch_variants(sweep.h // sweep.g)
+        variants = {"default": {}} if args.default_only else candidates(sweep.h // sweep.g)
     packed = {"no": (False,), "yes": (True,), "both": (False, True)}[args.seq_idx]
     rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
     if args.json:

@@ -4,6 +4,7 @@
     python -m kernels.benchmarks.ssd --suite gpu            # triton vs mamba_chunk_scan_combined, bf16
     python -m kernels.benchmarks.ssd --suite launch         # our triton kernels under other launch configs
     python -m kernels.benchmarks.ssd --suite gpu --launch-from results/ssd_launch_best.json   # + the sweep's best
+    python -m kernels.benchmarks.ssd --suite gpu --tuned    # + our scan tuned per shape (kernels.ssd.tuning)
     ncu --profile-from-start off python -m kernels.benchmarks.ssd --suite step   # one step, for a GPU profiler
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
@@ -40,6 +41,8 @@ from triton.runtime.errors import OutOfResources
 
 from kernels.benchmarks.peers import mamba_ssm_imported, mamba_ssm_installed, stub_selective_scan_cuda
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
+from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
+from kernels.ssd.tuning import Tuner, candidates, worst_difference
 
 RESULTS = Path(__file__).parent / "results"
 CPU_IMPLS = ("torch", "naive", "mamba_ssm_minimal", "transformers_torch")
@@ -104,12 +107,31 @@ def implementation(name: str, shape: SSDShape):
 
 def triton_launched(shape: SSDShape, change: dict):
     """Our Triton scan under default_launch with `change`'s Launch fields replaced."""
-    from kernels.ssd.triton_chunked import default_launch, ssd_scan_triton
-
     def fn(x, dt, A, B, C, D, dt_bias):
         launch = dataclasses.replace(default_launch(x, B, shape.chunk), **change)
         return ssd_scan_triton(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True, launch=launch)
     return fn
+
+
+def triton_tuned(shape: SSDShape, tuner):
+    """Our Triton scan under the launch `tuner` picks for the inputs' shape and mode, tuned at its first call."""
+    def fn(x, dt, A, B, C, D, dt_bias):
+        launch = tuner.launch(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True)
+        return ssd_scan_triton(x, dt, A, B, C, shape.chunk, D=D, dt_bias=dt_bias, dt_softplus=True, launch=launch)
+    return fn
+
+
+def tuned_table(tuner) -> str:
+    """What `tuner` chose at each shape and mode, and every candidate's time there, as markdown."""
+    lines = ["| shape, mode (tuned key) | chosen | ms: chosen / default | every candidate (ms, or why not) |",
+             "|---|---|---|---|"]
+    for key, choice in tuner.choices.items():
+        ms = choice["ms"]
+        # Why a launch was not timed, in a word: the tuner's cache file keeps the whole message.
+        every = "; ".join(f"{name} {t:.3f}" if isinstance(t, float) else f"{name}: {t.split(':')[0]}"
+                          for name, t in ms.items())
+        lines.append(f"| {key} | {choice['launch']} | {ms[choice['launch']]:.3f} / {ms['default']:.3f} | {every} |")
+    return "\n".join(lines)
 
 
 def _leaves(inputs):
@@ -223,9 +245,10 @@ def ideal_bytes(inputs, mode) -> int:
     return io + y if mode == "fwd" else 2 * (io + y)
 
 
-def gpu_suite(tiny: bool, reps: int, swept: dict | None = None) -> tuple[list[str], list[list[str]]]:
+def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None) -> tuple[list[str], list[list[str]]]:
     """Ours and mamba_chunk_scan_combined at each shape, timed, and their y and gradients compared.
-    `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more column."""
+    `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more column;
+    `tuner` (a kernels.ssd.tuning.Tuner) our scan under the launch it tunes for each shape and mode."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if tiny and device == "cuda":
         raise SystemExit("kernels.benchmarks.ssd: --tiny is the interpreter proof; drop it on a GPU")
@@ -239,6 +262,8 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None) -> tuple[list[st
     impls = {name: (lambda shape, name=name: implementation(name, shape)) for name in GPU_IMPLS}
     if swept and swept["change"]:  # not the default
         impls = {f"triton ({swept['name']})": lambda shape: triton_launched(shape, swept["change"]), **impls}
+    if tuner is not None:
+        impls = {"triton (tuned per shape)": lambda shape: triton_tuned(shape, tuner), **impls}
     rows = []
     with contextlib.ExitStack() as stack:
         if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
@@ -268,12 +293,14 @@ def _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw) -> list[list[str
         want = outputs(fns[PEER], inputs, mode) if PEER in fns else None
         for impl, fn in fns.items():
             run = runner(fn, inputs, mode)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
             try:
-                seconds = timed(run, reps, sync)
+                run()  # the warm-up: it compiles (and tunes), before the peak memory is reset
+                sync()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                seconds = timed(run, reps, sync, warmup=False)
             except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
                 print(f"  {shape.name} {mode} {impl}: {type(error).__name__}: {error}", file=sys.stderr)
                 point[impl] = None
@@ -301,58 +328,6 @@ def outputs(fn, inputs, mode) -> dict[str, torch.Tensor]:
     return {f"d{k}": v.grad.float() for k, v in leaves.items() if v.grad is not None}
 
 
-def worst_difference(got: dict, want: dict) -> tuple[str, float]:
-    """The output with the largest ||got - want|| / ||want||, and that ratio."""
-    diffs = {k: ((got[k] - w).norm() / w.norm().clamp_min(1e-30)).item() for k, w in want.items()}
-    return max(diffs.items(), key=lambda item: item[1])
-
-
-def launch_variants(heads_per_group: int) -> dict[str, dict]:
-    """Changes to default_launch tried by the launch sweep: tile lengths and widths, warps, the state scan's
-    block and pipelining, and dC, dB over all of a group's heads in one program. Each compiles for sm_90
-    (kernels.benchmarks.gpu_compile, no GPU needed)."""
-    # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
-    return {
-        "default": {},
-        # _state_scan ran at a quarter of copy bandwidth on the H200 (0.68 of 5.49 ms a step at this shape), after
-        # _chunk_state wrote each chunk's own fp32 state for it to read. _state_pass does both in one loop and
-        # keeps the own states in registers (kernels.benchmarks.traffic --change one_pass_states=true counts the
-        # bytes saved), with fewer programs: b h n / BN_state of them, each walking every chunk.
-        "states in one pass": dict(one_pass_states=True),
-        "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
-        # The fewest bytes a step counted (0.31-0.33x mamba_ssm's at L 1024, H 8 and 32).
-        "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
-        # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
-        # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
-        # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
-        "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
-        # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
-        # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
-        # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
-        "16-bit entering states": dict(states_16bit=True),
-        # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
-        # 12 (make bench-compile).
-        "forward kernels 2 stages": dict(stages=2),
-        # 4 warps has been the default since the H200 sweep of 2026-11-27 (1.18x a step then,
-        # results/ssd_launch_NVIDIA-H200_2026-11-27.md), before session 10 changed the gradient kernels.
-        "gradient kernels 8 warps": dict(grad_warps=8),
-        # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
-        # default's forward timed it at 1.33-1.50 ms.
-        "forward Q 32": dict(Q=32),
-        # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
-        "gradients Q 32": dict(grad_Q=32),
-        # Or _state_scan with the next chunks' loads issued before this chunk's carry is done (tl.range's software
-        # pipelining: sm_90 code then stages them in shared memory). A block of 256 ran the forward 1.08x faster
-        # and the step 0.96x in the H200 sweep.
-        "state scan pipelined, 3 stages": dict(scan_stages=3),
-        "gradients n tile 64": dict(BN_grad=64),
-        "T 128": dict(T=128),
-        # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
-        # block of 8 heads for torch to sum (and a dCB per block): fewer bytes, fewer programs in flight.
-        "dC, dB over a group's heads in one program": dict(heads_per_program=heads_per_group),
-    }
-
-
 SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 # The sweep prints a step's kernel times (torch.profiler) for these: the default, and the variant that replaces
 # kernels, so that _state_pass's time reads against _chunk_state's and _state_scan's.
@@ -360,19 +335,18 @@ PROFILED_VARIANTS = ("default", "states in one pass")
 
 
 def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[list[str], list[list[str]]]:
-    """Our Triton scan under each of launch_variants, fwd and fwd+bwd, against the default launch;
+    """Our Triton scan under each of kernels.ssd.tuning.candidates, fwd and fwd+bwd, against the default launch;
     the outputs of every variant are checked against the default's (same math, other rounding).
     A launch the device cannot run (shared memory, registers) is reported, not fatal.
     Then the combined_launch of the fastest forward and the fastest step, if there is one. The fastest_launch
     is written to `best_path` as {"name", "change"}: the GPU suite's --launch-from times it at every shape."""
-    from kernels.ssd.triton_chunked import default_launch
     device = "cpu" if tiny else "cuda"
     dtype = torch.float32 if tiny else torch.bfloat16
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     shape = SSDShape(b=1, l=80, h=2, p=16, n=16, chunk=64) if tiny else SSD_GPU[SWEEP_SHAPE]
     inputs = make_inputs(shape, dtype, device)
     base = default_launch(inputs["x"], inputs["B"], shape.chunk)
-    variants = launch_variants(shape.h // shape.g)
+    variants = candidates(shape.h // shape.g)
     if device == "cuda":  # compiling is most of a sweep: every variant's kernels at once, one process each
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=spawn) as pool:
@@ -525,6 +499,9 @@ def main(argv=None):
     parser.add_argument("--launch-from", type=Path, default=None,
                         help="gpu suite: also time our scan under the launch this file names (the launch "
                              "suite writes its fastest to OUT_DIR/" + BEST_LAUNCH + ")")
+    parser.add_argument("--tuned", action="store_true",
+                        help="gpu suite: also time our scan under the launch kernels.ssd.tuning picks at each shape "
+                             "(tuned afresh, not read from a cache file), and list what it picked")
     parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -542,6 +519,7 @@ def main(argv=None):
         return
     command = "python -m kernels.benchmarks.ssd " + " ".join(argv if argv is not None else sys.argv[1:])
     load_before = os.getloadavg()[0]  # a shared machine's load is part of what the numbers mean
+    extra = ""
     if args.suite == "cpu":
         header, rows = cpu_suite(args.reps or 3, args.naive_reps, args.threads)
         hw = "cpu"
@@ -549,7 +527,10 @@ def main(argv=None):
         reps = args.reps or (2 if args.tiny else 10)
         if args.suite == "gpu":
             swept = json.loads(args.launch_from.read_text()) if args.launch_from else None
-            header, rows = gpu_suite(args.tiny, reps, swept)
+            tuner = Tuner(path=None, progress=False) if args.tuned else None
+            header, rows = gpu_suite(args.tiny, reps, swept, tuner)
+            if tuner is not None:
+                extra = f"\n## The launch tuned per shape (kernels.ssd.tuning)\n\n{tuned_table(tuner)}\n"
         else:
             args.out_dir.mkdir(parents=True, exist_ok=True)
             header, rows = launch_sweep(args.tiny, reps, args.out_dir / BEST_LAUNCH)
@@ -563,8 +544,8 @@ def main(argv=None):
             f"- 1-minute load average at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f}\n"
             f"- torch {torch.__version__}\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n"
             + ("**This run proves the script's code path on a CPU. Interpreter times say nothing about a GPU, "
-               "and neither do their ratios.**\n\n" if args.tiny else "") + f"{table}\n")
-    print(table)
+               "and neither do their ratios.**\n\n" if args.tiny else "") + f"{table}\n{extra}")
+    print(table + extra)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_{hw}_{day}.md"
     path.write_text(text)

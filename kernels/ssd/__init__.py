@@ -6,7 +6,8 @@ anywhere and processed block by block (MA-GC). `ssd_step` advances the state by 
 
 Backends: "naive" (sequential recurrence, the specification), "torch" (chunked, plain
 torch), "triton" (fused chunked kernels), "auto" (triton for CUDA tensors, torch
-otherwise; logs once which one ran).
+otherwise; logs once which one ran). LONGWATCH_SSD_TUNE=1 has the Triton backend time its candidate
+launches at each new shape and run the fastest (kernels.ssd.tuning).
 """
 import logging
 

@@ -769,7 +769,8 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
                     seq_idx=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
                     launch=None):
     """Chunked SSD scan in Triton; signature and semantics of `kernels.ssd.ssd_scan`.
-    `launch` (a Launch) overrides `default_launch`: the benchmark's launch sweep uses it.
+    `launch`: a Launch overrides `default_launch` (the benchmark's launch sweep uses it); "tuned" takes the
+    fastest launch for this shape on this device (kernels.ssd.tuning), as None does with LONGWATCH_SSD_TUNE=1.
 
     x (b, l, h, p) fp32/fp16/bf16, dt (b, l, h), A (h,), B and C (b, l, g, n), D (h,) or (h, p),
     z (b, l, h, p), dt_bias (h,), initial_states (b, h, p, n), seq_idx (b, l) int.
@@ -778,7 +779,15 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, in
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"kernels.ssd triton backend: x.dtype = {x.dtype}, expected float32, float16 or bfloat16 "
                          "(use backend='torch' or 'naive' for float64)")
-    launch = launch or default_launch(x, B, chunk_size)
+    if launch is None or launch == "tuned":
+        from kernels.ssd import tuning  # imported here: it imports this module
+        if launch == "tuned" or tuning.enabled():
+            launch = tuning.tuner().launch(x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, seq_idx,
+                                           dt_softplus, dt_limit)
+        else:
+            launch = default_launch(x, B, chunk_size)
+    if not isinstance(launch, Launch):
+        raise ValueError(f"kernels.ssd triton backend: launch = {launch!r}, expected a Launch, 'tuned' or None")
     launch.check(x.shape[2] // B.shape[2], x.dtype)
     seq = None if seq_idx is None else _padded_seq(seq_idx, launch.T)
     weights = TokenWeights.apply(dt.contiguous(), A.float().contiguous(),

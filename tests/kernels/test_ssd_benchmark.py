@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
-from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, fastest_launch, implementation,
-                                    launch_variants, make_inputs, outputs, triton_launched, worst_difference)
+from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, fastest_launch, implementation, make_inputs,
+                                    outputs, triton_launched, triton_tuned, tuned_table, worst_difference)
+from kernels.ssd.tuning import Tuner, candidates
 
 
 def test_registry_names_describe_their_shapes():
@@ -30,6 +31,22 @@ def test_swept_launch_computes_the_same_y():
     inputs = make_inputs(shape, torch.float32, "cpu")
     want = implementation("naive", shape)(**inputs)
     torch.testing.assert_close(triton_launched(shape, dict(prec="fp16"))(**inputs), want, atol=1e-3, rtol=1e-2)
+
+
+def test_tuned_column_runs_and_lists_the_launch_its_tuner_chose():
+    # The GPU suite's --tuned column, on two of the launches (the interpreter is slow), each timed as given.
+    shape = SSD_GPU_TINY["B1_L40_H2_P16_N16_C16"]
+    inputs = make_inputs(shape, torch.float32, "cpu")
+    times = {"default": 2.0, "states in one pass": 1.0}
+    names = (*times, "16-bit entering states")  # not for fp32 inputs
+    tuner = Tuner(None, lambda hpg: {name: candidates(hpg)[name] for name in names}, reps=1,
+                  timer=lambda name, run, device: times[name], progress=False)
+    y = triton_tuned(shape, tuner)(**inputs)
+    torch.testing.assert_close(y, implementation("naive", shape)(**inputs), atol=2e-4, rtol=2e-3)
+    table = tuned_table(tuner).splitlines()
+    assert len(table) == 3 and table[2].endswith(
+        "chunk 16; fwd | states in one pass | 1000.000 / 2000.000 | default 2000.000; states in one pass 1000.000; "
+        "16-bit entering states: not a launch for these inputs |")
 
 
 def test_gpu_suite_diff_column_finds_a_wrong_gradient():
@@ -72,4 +89,4 @@ def test_combined_launch_joins_the_fastest_forward_and_the_fastest_step():
 
 def test_the_profiled_variants_are_swept():
     # A renamed variant would silently lose its kernel times in the sweep's log.
-    assert set(PROFILED_VARIANTS) <= set(launch_variants(heads_per_group=80))
+    assert set(PROFILED_VARIANTS) <= set(candidates(heads_per_group=80))

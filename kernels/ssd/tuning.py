@@ -1,0 +1,259 @@
+"""The Triton scan's launch, tuned per shape on the device that runs it.
+
+`default_launch` was picked by timing on one H200 at one shape (kernels/README.md). Another GPU or another
+shape may run faster under another Launch, and every Launch computes the same result up to rounding, so the
+choice is only one of speed. With LONGWATCH_SSD_TUNE=1 (or `ssd_scan_triton(..., launch="tuned")`) the first
+call at a shape times the scan under each of `candidates`, on copies of the caller's own inputs, forward and
+backward if the caller's graph will need the backward, else forward only. It refuses any launch whose outputs
+stray from the default launch's (a launch can compute wrongly on one device only: tf32 products did on an
+H200, see Launch.check), and keeps the fastest. The choices live in memory and in a JSON file
+(LONGWATCH_SSD_TUNE_CACHE, default ~/.cache/longwatch/ssd_launches.json) keyed by device, Triton version
+and shape, with every candidate's time, so each shape is tuned once per machine. The first tuning compiles
+every candidate's kernels: minutes on a cold Triton cache, seconds after.
+"""
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import triton
+from tqdm.auto import tqdm
+from triton.runtime.errors import OutOfResources
+
+from kernels.ssd.triton_chunked import Launch, default_launch, ssd_scan_triton
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+DEFAULT_CACHE = Path.home() / ".cache" / "longwatch" / "ssd_launches.json"
+
+
+def candidates(heads_per_group: int) -> dict[str, dict]:
+    """Changes to default_launch worth timing: tile lengths and widths, warps, the states' kernels and precision,
+    dC and dB over all of a group's heads in one program. The launch sweep (kernels.benchmarks.ssd --suite
+    launch) times the same list at one shape, with kernel profiles; each compiles for sm_90
+    (kernels.benchmarks.gpu_compile, no GPU needed)."""
+    # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
+    return {
+        "default": {},
+        # _state_scan ran at a quarter of copy bandwidth on the H200 (0.68 of 5.49 ms a step at this shape), after
+        # _chunk_state wrote each chunk's own fp32 state for it to read. _state_pass does both in one loop and
+        # keeps the own states in registers (kernels.benchmarks.traffic --change one_pass_states=true counts the
+        # bytes saved), with fewer programs: b h n / BN_state of them, each walking every chunk.
+        "states in one pass": dict(one_pass_states=True),
+        "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
+        # The fewest bytes a step counted (0.31-0.33x mamba_ssm's at L 1024, H 8 and 32).
+        "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
+        # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
+        # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
+        # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
+        "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
+        # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
+        # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
+        # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
+        "16-bit entering states": dict(states_16bit=True),
+        # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
+        # 12 (make bench-compile).
+        "forward kernels 2 stages": dict(stages=2),
+        # 4 warps has been the default since the H200 sweep of 2026-11-27 (1.18x a step then,
+        # results/ssd_launch_NVIDIA-H200_2026-11-27.md), before session 10 changed the gradient kernels.
+        "gradient kernels 8 warps": dict(grad_warps=8),
+        # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
+        # default's forward timed it at 1.33-1.50 ms.
+        "forward Q 32": dict(Q=32),
+        # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
+        "gradients Q 32": dict(grad_Q=32),
+        # Or _state_scan with the next chunks' loads issued before this chunk's carry is done (tl.range's software
+        # pipelining: sm_90 code then stages them in shared memory). A block of 256 ran the forward 1.08x faster
+        # and the step 0.96x in the H200 sweep.
+        "state scan pipelined, 3 stages": dict(scan_stages=3),
+        "gradients n tile 64": dict(BN_grad=64),
+        "T 128": dict(T=128),
+        # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per
+        # block of 8 heads for torch to sum (and a dCB per block): fewer bytes, fewer programs in flight.
+        "dC, dB over a group's heads in one program": dict(heads_per_program=heads_per_group),
+    }
+
+
+def enabled() -> bool:
+    """Whether ssd_scan_triton tunes when no launch is given: LONGWATCH_SSD_TUNE=1."""
+    value = os.environ.get("LONGWATCH_SSD_TUNE", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"kernels.ssd tuning: LONGWATCH_SSD_TUNE = {value!r}, expected '0' or '1'")
+    return value == "1"
+
+
+def shape_key(x, B, chunk_size, seq_idx, backward: bool) -> str:
+    """What a tuned launch is kept under. Lengths share a choice up to the next power of two, so that a run
+    whose batches vary in length tunes a few times, not at every batch."""
+    b, l, h, p = x.shape
+    g, n = B.shape[2:]
+    device = torch.cuda.get_device_name(x.device) if x.is_cuda else f"{x.device.type} (Triton interpreter)"
+    return (f"{device}; triton {triton.__version__}; {str(x.dtype).removeprefix('torch.')} b{b} "
+            f"l<={triton.next_power_of_2(l)} h{h} g{g} p{p} n{n} chunk {chunk_size}"
+            f"{' seq_idx' if seq_idx is not None else ''}; {'fwd+bwd' if backward else 'fwd'}")
+
+
+def worst_difference(got: dict, want: dict) -> tuple[str, float]:
+    """The output with the largest ||got - want|| / ||want||, and that ratio."""
+    diffs = {k: ((got[k].float() - w.float()).norm() / w.float().norm().clamp_min(1e-30)).item()
+             for k, w in want.items()}
+    return max(diffs.items(), key=lambda item: item[1])
+
+
+class Tuner:
+    """Tuned launches, in memory and (with a `path`) on disk. `timer(name, run, device) -> seconds` times one
+    call of `run`, candidate `name`'s step; tests give their own, because timings are not test material."""
+
+    def __init__(self, path: Path | None = DEFAULT_CACHE, candidates=candidates, reps: int = 5,
+                 tolerance: float = 0.02, timer=None, progress: bool = True):
+        self.path, self.candidates, self.reps, self.tolerance = path, candidates, reps, tolerance
+        self.timer, self.progress = timer or _seconds, progress
+        self.choices = self._load()  # key -> {"launch": name, "change": {...}, "ms": {name: ms or why not}, ...}
+
+    def launch(self, x, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None, seq_idx=None,
+               dt_softplus=False, dt_limit=(0.0, float("inf"))) -> Launch:
+        """The tuned Launch for these inputs, tuning first if their shape has none yet."""
+        inputs = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, initial_states=initial_states)
+        backward = torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in inputs.values())
+        key = shape_key(x, B, chunk_size, seq_idx, backward)
+        base = default_launch(x, B, chunk_size)
+        if key in self.choices:
+            kept = self.choices[key]
+            change = kept.get("change") if isinstance(kept, dict) else None
+            try:
+                return dataclasses.replace(base, **change)
+            except (TypeError, ValueError) as error:  # a file written by another version of Launch, or by hand
+                warnings.warn(f"kernels.ssd tuning: {self.path}: the launch kept for {key!r}, {kept}, is not a "
+                              f"Launch here ({type(error).__name__}: {error}); tuning it anew")
+        scan = dict(chunk_size=chunk_size, seq_idx=seq_idx, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        self.choices[key] = self._tune(key, base, inputs, scan, backward)
+        if self.choices[key].pop("keep", True) and self.path is not None:
+            self._save(key)
+        return dataclasses.replace(base, **self.choices[key]["change"])
+
+    def _tune(self, key, base, inputs, scan, backward) -> dict:
+        x, B = inputs["x"], inputs["B"]
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_(backward and v.is_floating_point())
+                  for k, v in inputs.items()}
+        gen = torch.Generator(device=x.device).manual_seed(0)
+        dy = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) if backward else None
+
+        def run(launch, keep=False):
+            with torch.enable_grad() if backward else torch.no_grad():
+                y = ssd_scan_triton(**leaves, **scan, launch=launch)
+                if backward:
+                    y.backward(dy)
+            out = {"y": y.detach()} if keep else {}
+            for k, v in leaves.items():
+                if backward and v is not None and v.grad is not None:
+                    if keep:
+                        out[f"d{k}"] = v.grad
+                    v.grad = None
+            return out
+
+        heads_per_group = x.shape[2] // B.shape[2]
+        reference = {}  # the default launch's outputs, which every other launch must reproduce
+
+        def measure(name, change):
+            """The median ms of a step under default_launch + `change` (launch `name`), or why it was not timed."""
+            try:
+                launch = dataclasses.replace(base, **change)
+                launch.check(heads_per_group, x.dtype)
+            except ValueError as error:
+                return f"not a launch for these inputs: {error}"
+            try:
+                got = run(launch, keep=True)  # compiles, and is the warm-up
+                if not reference:
+                    reference.update(got)
+                else:
+                    worst, diff = worst_difference(got, reference)
+                    if not diff <= self.tolerance:  # NaN too
+                        return f"refused: {worst} {diff:.1e} from the default launch's (normwise)"
+                del got
+                return 1e3 * statistics.median(self.timer(name, lambda: run(launch), x.device)
+                                               for _ in range(self.reps))
+            except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
+                if x.is_cuda:
+                    torch.cuda.empty_cache()
+                return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+
+        changes = self.candidates(heads_per_group)
+        if next(iter(changes.items()), None) != ("default", {}):
+            raise ValueError("kernels.ssd tuning: candidates must start with 'default': {}, the launch every "
+                             f"other one is checked against; got {list(changes)[:3]}")
+        log.info("kernels.ssd tuning %s: timing %d launches", key, len(changes))
+        ms = {}
+        for name, change in tqdm(changes.items(), desc="tuning the SSD scan's launch", disable=not self.progress):
+            ms[name] = measure(name, change)
+            if not reference:  # the default could not run beside the tuning's copies: keep it, untuned
+                warnings.warn(f"kernels.ssd tuning {key}: the default launch failed while tuning ({ms[name]}); "
+                              "using it untuned, and tuning again in the next process")
+                return dict(launch="default", change={}, ms=ms, keep=False)
+        # The fastest launch and the fastest that changes other fields may gain more together, as the launch
+        # sweep's combined launch asks.
+        faster = sorted((n for n, t in ms.items() if isinstance(t, float) and t < ms["default"]), key=ms.get)
+        other = next((n for n in faster[1:] if not changes[n].keys() & changes[faster[0]].keys()), None)
+        if other is not None and {**changes[faster[0]], **changes[other]} not in changes.values():
+            name = f"{faster[0]} + {other}"
+            changes[name] = {**changes[faster[0]], **changes[other]}
+            ms[name] = measure(name, changes[name])
+        timed = {name: t for name, t in ms.items() if isinstance(t, float)}
+        best = min(timed, key=timed.get)
+        log.info("kernels.ssd tuning %s: %s, %.3f ms (default %.3f ms)", key, best, timed[best], timed["default"])
+        return dict(launch=best, change=changes[best], ms=ms, tuned=datetime.date.today().isoformat())
+
+    def _load(self) -> dict:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("format") != FORMAT or not isinstance(data.get("choices"), dict):
+                raise ValueError(f"expected {{'format': {FORMAT}, 'choices': {{...}}}}")
+            return data["choices"]
+        except (ValueError, AttributeError) as error:  # JSONDecodeError is a ValueError
+            aside = self.path.with_suffix(self.path.suffix + ".corrupt")
+            self.path.replace(aside)
+            warnings.warn(f"kernels.ssd tuning: {self.path} is not a launch cache ({error}); moved it to {aside} "
+                          "and tuning anew")
+            return {}
+
+    def _save(self, key):
+        """Adds `key` to the file as it is now: another process (a DDP rank) may have written other keys since.
+        Written to a temporary file and renamed, so that a reader never sees half a file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        on_disk = Tuner(self.path, progress=False).choices if self.path.exists() else {}
+        on_disk[key] = self.choices[key]
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(dict(format=FORMAT, choices=on_disk), indent=1) + "\n")
+        temporary.replace(self.path)
+
+
+def _seconds(name, run, device) -> float:
+    """One call of `run`, timed on the device."""
+    if device.type != "cuda":
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+_tuner: Tuner | None = None
+
+
+def tuner() -> Tuner:
+    """The process's Tuner, on the file LONGWATCH_SSD_TUNE_CACHE names (default DEFAULT_CACHE)."""
+    global _tuner
+    if _tuner is None:
+        _tuner = Tuner(Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE)))
+    return _tuner
