@@ -23,6 +23,22 @@ class SSDShape:
         return f"B{self.b}_L{self.l}_H{self.h}_P{self.p}_N{self.n}_C{self.chunk}{groups}"
 
 
+def parse_shape(name: str) -> SSDShape:
+    """'B1_L1024_H8_P64_N128_C256[_G2]' -> SSDShape."""
+    fields = {}
+    for part in name.split("_"):
+        key, value = part[:1], part[1:]
+        if key not in "BLHPNCG" or not value.isdigit() or key in fields:
+            raise ValueError(f"kernels.benchmarks.registry: shape {name!r}: bad field {part!r}; "
+                             "expected B<b>_L<l>_H<h>_P<p>_N<n>_C<chunk>[_G<g>]")
+        fields[key] = int(value)
+    missing = set("BLHPNC") - set(fields)
+    if missing:
+        raise ValueError(f"kernels.benchmarks.registry: shape {name!r} lacks {''.join(sorted(missing))}")
+    return SSDShape(b=fields["B"], l=fields["L"], h=fields["H"], p=fields["P"], n=fields["N"], chunk=fields["C"],
+                    g=fields.get("G", 1))
+
+
 def _named(*shapes: SSDShape) -> dict[str, SSDShape]:
     return {s.name: s for s in shapes}
 

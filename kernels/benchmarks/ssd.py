@@ -121,19 +121,6 @@ def triton_tuned(shape: SSDShape, tuner):
     return fn
 
 
-def tuned_table(tuner) -> str:
-    """What `tuner` chose at each shape and mode, and every candidate's time there, as markdown."""
-    lines = ["| shape, mode (tuned key) | chosen | ms: chosen / default | every candidate (ms, or why not) |",
-             "|---|---|---|---|"]
-    for key, choice in tuner.choices.items():
-        ms = choice["ms"]
-        # Why a launch was not timed, in a word: the tuner's cache file keeps the whole message.
-        every = "; ".join(f"{name} {t:.3f}" if isinstance(t, float) else f"{name}: {t.split(':')[0]}"
-                          for name, t in ms.items())
-        lines.append(f"| {key} | {choice['launch']} | {ms[choice['launch']]:.3f} / {ms['default']:.3f} | {every} |")
-    return "\n".join(lines)
-
-
 def _leaves(inputs):
     """The inputs detached, the floating ones requiring their gradient."""
     return {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
@@ -530,7 +517,7 @@ def main(argv=None):
             tuner = Tuner(path=None, progress=False) if args.tuned else None
             header, rows = gpu_suite(args.tiny, reps, swept, tuner)
             if tuner is not None:
-                extra = f"\n## The launch tuned per shape (kernels.ssd.tuning)\n\n{tuned_table(tuner)}\n"
+                extra = f"\n## The launch tuned per shape (kernels.ssd.tuning)\n\n{tuner.table()}\n"
         else:
             args.out_dir.mkdir(parents=True, exist_ok=True)
             header, rows = launch_sweep(args.tiny, reps, args.out_dir / BEST_LAUNCH)

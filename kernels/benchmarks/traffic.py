@@ -34,7 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels.benchmarks.gpu_compile import launch_field
-from kernels.benchmarks.registry import SSDShape
+from kernels.benchmarks.registry import SSDShape, parse_shape
 from kernels.benchmarks.ssd import machine, make_inputs as benchmark_inputs
 
 RESULTS = Path(__file__).parent / "results"
@@ -260,22 +260,6 @@ def report(shape: SSDShape, counted: dict[str, dict[str, list[Launch]]], command
                       f"{(r['read'] + r['written']) / MB:.2f} | {r['flops'] / 1e9:.3f} |"
                       for r in by_kernel(counted[impl][phase])]
     return "\n".join(lines) + "\n"
-
-
-def parse_shape(name: str) -> SSDShape:
-    """'B1_L1024_H8_P64_N128_C256[_G2]' -> SSDShape."""
-    fields = {}
-    for part in name.split("_"):
-        key, value = part[:1], part[1:]
-        if key not in "BLHPNCG" or not value.isdigit() or key in fields:
-            raise ValueError(f"kernels.benchmarks.traffic: --shape {name!r}: bad field {part!r}; "
-                             "expected B<b>_L<l>_H<h>_P<p>_N<n>_C<chunk>[_G<g>]")
-        fields[key] = int(value)
-    missing = set("BLHPNC") - set(fields)
-    if missing:
-        raise ValueError(f"kernels.benchmarks.traffic: --shape {name!r} lacks {''.join(sorted(missing))}")
-    return SSDShape(b=fields["B"], l=fields["L"], h=fields["H"], p=fields["P"], n=fields["N"], chunk=fields["C"],
-                    g=fields.get("G", 1))
 
 
 def main(argv=None):

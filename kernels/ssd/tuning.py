@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import triton
 from tqdm.auto import tqdm
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 from kernels.ssd.triton_chunked import Launch, default_launch, ssd_scan_triton
@@ -178,7 +179,7 @@ class Tuner:
                 del got
                 return 1e3 * statistics.median(self.timer(name, lambda: run(launch), x.device)
                                                for _ in range(self.reps))
-            except (torch.cuda.OutOfMemoryError, OutOfResources) as error:
+            except (torch.cuda.OutOfMemoryError, OutOfResources, CompilationError) as error:
                 if x.is_cuda:
                     torch.cuda.empty_cache()
                 return f"{type(error).__name__}: {str(error).splitlines()[0]}"
@@ -191,7 +192,7 @@ class Tuner:
         ms = {}
         for name, change in tqdm(changes.items(), desc="tuning the SSD scan's launch", disable=not self.progress):
             ms[name] = measure(name, change)
-            if not reference:  # the default could not run beside the tuning's copies: keep it, untuned
+            if name == "default" and not isinstance(ms[name], float):  # it could not run beside tuning's copies
                 warnings.warn(f"kernels.ssd tuning {key}: the default launch failed while tuning ({ms[name]}); "
                               "using it untuned, and tuning again in the next process")
                 return dict(launch="default", change={}, ms=ms, keep=False)
@@ -207,6 +208,21 @@ class Tuner:
         best = min(timed, key=timed.get)
         log.info("kernels.ssd tuning %s: %s, %.3f ms (default %.3f ms)", key, best, timed[best], timed["default"])
         return dict(launch=best, change=changes[best], ms=ms, tuned=datetime.date.today().isoformat())
+
+    def table(self, keys=None) -> str:
+        """What was chosen for each key (default: every key held), and every candidate's time there, as markdown."""
+        lines = ["| shape, mode (tuned key) | chosen | ms: chosen / default | every candidate (ms, or why not) |",
+                 "|---|---|---|---|"]
+        for key in self.choices if keys is None else keys:
+            choice = self.choices[key]
+            ms = choice["ms"]
+            # Why a launch was not timed, in a word: the cache file keeps the whole message.
+            every = "; ".join(f"{name} {t:.3f}" if isinstance(t, float) else f"{name}: {t.split(':')[0]}"
+                              for name, t in ms.items())
+            chosen = ms[choice["launch"]]
+            lines.append(f"| {key} | {choice['launch']} | {chosen:.3f} / {ms['default']:.3f} | {every} |"
+                         if isinstance(chosen, float) else f"| {key} | default, untuned | - | {every} |")
+        return "\n".join(lines)
 
     def _load(self) -> dict:
         if self.path is None or not self.path.exists():
@@ -257,3 +273,53 @@ def tuner() -> Tuner:
     if _tuner is None:
         _tuner = Tuner(Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE)))
     return _tuner
+
+
+def main(argv=None):
+    """Tunes named shapes ahead of a run, on random inputs of Mamba-2's kind, into the cache file that
+    LONGWATCH_SSD_TUNE=1 reads: the first steps of a multi-node job then start tuned."""
+    import argparse
+
+    from kernels.benchmarks.registry import parse_shape
+    from kernels.benchmarks.ssd import _leaves, make_inputs
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("shapes", nargs="+", metavar="SHAPE", help="B<b>_L<l>_H<h>_P<p>_N<n>_C<chunk>[_G<g>]")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--forward-only", action="store_true", help="tune the forward without graph (inference)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="these candidates (and the default) only")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help=f"default: $LONGWATCH_SSD_TUNE_CACHE, else {DEFAULT_CACHE}")
+    args = parser.parse_args(argv)
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        device = "cpu"
+    else:
+        raise SystemExit("kernels.ssd.tuning: tuning times the Triton scan on a GPU; without CUDA run it under "
+                         "TRITON_INTERPRET=1 (which proves the code path, not the choice)")
+    shapes = [parse_shape(name) for name in args.shapes]
+    pick = candidates
+    if args.only:
+        unknown = set(args.only) - set(candidates(1))
+        if unknown:
+            raise SystemExit(f"kernels.ssd.tuning: --only {sorted(unknown)}: not candidates; they are "
+                             f"{list(candidates(1))}")
+        pick = lambda heads_per_group: {name: change for name, change in candidates(heads_per_group).items()
+                                        if name == "default" or name in args.only}
+    path = args.cache or Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE))
+    chosen = Tuner(path, pick)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    keys = []
+    for shape in shapes:
+        inputs = make_inputs(shape, dtype, device)
+        inputs = inputs if args.forward_only else _leaves(inputs)
+        with torch.no_grad() if args.forward_only else torch.enable_grad():
+            chosen.launch(**inputs, chunk_size=shape.chunk, dt_softplus=True)
+        keys.append(shape_key(inputs["x"], inputs["B"], shape.chunk, None, backward=not args.forward_only))
+    print(chosen.table(keys))
+    print(f"kept in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape
+from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape, parse_shape
 from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, fastest_launch, implementation, make_inputs,
-                                    outputs, triton_launched, triton_tuned, tuned_table, worst_difference)
+                                    outputs, triton_launched, triton_tuned, worst_difference)
 from kernels.ssd.tuning import Tuner, candidates
 
 
@@ -15,6 +15,14 @@ def test_registry_names_describe_their_shapes():
             assert name == shape.name and name.startswith(f"B{shape.b}_L{shape.l}_H{shape.h}_P{shape.p}")
     with pytest.raises(ValueError, match="multiple"):
         SSDShape(b=1, l=8, h=3, p=16, n=16, chunk=16, g=2)
+
+
+def test_parse_shape_names_the_field_at_fault():
+    assert parse_shape("B1_L64_H2_P16_N16_C32_G2") == SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32, g=2)
+    with pytest.raises(ValueError, match="'X3'"):
+        parse_shape("B1_L64_X3_P16_N16_C32")
+    with pytest.raises(ValueError, match="lacks C"):
+        parse_shape("B1_L64_H2_P16_N16")
 
 
 @pytest.mark.parametrize("impl, tol", [("torch", 2e-3), ("transformers_torch", 2e-3), ("triton", 2e-3)])
@@ -43,7 +51,7 @@ def test_tuned_column_runs_and_lists_the_launch_its_tuner_chose():
                   timer=lambda name, run, device: times[name], progress=False)
     y = triton_tuned(shape, tuner)(**inputs)
     torch.testing.assert_close(y, implementation("naive", shape)(**inputs), atol=2e-4, rtol=2e-3)
-    table = tuned_table(tuner).splitlines()
+    table = tuner.table().splitlines()
     assert len(table) == 3 and table[2].endswith(
         "chunk 16; fwd | states in one pass | 1000.000 / 2000.000 | default 2000.000; states in one pass 1000.000; "
         "16-bit entering states: not a launch for these inputs |")

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.benchmarks.registry import SSDShape
-from kernels.benchmarks.traffic import Counter, count, parse_shape, report, totals
+from kernels.benchmarks.traffic import Counter, count, report, totals
 from ssd_testing import needs_interpreter, needs_mamba_ssm  # the counter wraps the interpreter
 
 
@@ -67,14 +67,6 @@ def test_counts_a_triton_kernel_and_torch_ops_by_hand():
     assert total.shape == (10,)
     assert (copied.name, copied.read, copied.written) == ("copy_", 400, 400)
     assert totals(counter.launches["fwd"])["triton"] == 4
-
-
-def test_parse_shape_names_the_field_at_fault():
-    assert parse_shape("B1_L64_H2_P16_N16_C32_G2") == SSDShape(b=1, l=64, h=2, p=16, n=16, chunk=32, g=2)
-    with pytest.raises(ValueError, match="'X3'"):
-        parse_shape("B1_L64_X3_P16_N16_C32")
-    with pytest.raises(ValueError, match="lacks C"):
-        parse_shape("B1_L64_H2_P16_N16")
 
 
 @needs_interpreter

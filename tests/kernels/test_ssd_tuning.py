@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from triton.runtime.errors import OutOfResources
 from ssd_testing import TOL_FP32, TOL_FP32_GRAD, Case, assert_close, make_inputs, needs_interpreter, run_with_grads
 
 from kernels.ssd import ssd_scan, tuning
@@ -83,6 +84,18 @@ def test_refuses_a_launch_whose_outputs_drift_from_the_default(tmp_path, torch_s
     assert kept["ms"]["states in one pass"].startswith("refused: ") and "5.0e-02" in kept["ms"]["states in one pass"]
 
 
+def test_a_launch_the_device_cannot_run_is_skipped(monkeypatch):
+    def scan(launch, **kw):
+        if launch.grad_warps == 8:
+            raise OutOfResources(required=262400, limit=232448, name="shared memory")
+        return ssd_scan_torch(**kw)
+    monkeypatch.setattr(tuning, "ssd_scan_triton", scan)
+    tuner = tuning.Tuner(None, few, reps=1, timer=given_times, progress=False)
+    assert tuner.launch(**scan_inputs(make_inputs(CASE, torch.float32))).one_pass_states
+    (kept,) = tuner.choices.values()
+    assert kept["ms"]["gradient kernels 8 warps"].startswith("OutOfResources: out of resource: shared memory")
+
+
 def test_a_forward_without_graph_is_tuned_apart(tmp_path, torch_scan):
     tuner = tuning.Tuner(None, few, reps=1, timer=given_times, progress=False)
     kw = scan_inputs(make_inputs(CASE, torch.float32))
@@ -152,3 +165,16 @@ def test_tuned_triton_scan_matches_the_recurrence(tmp_path, monkeypatch):
         assert_close(grads[name], grads64[name], TOL_FP32_GRAD, f"d{name}")
     (kept,) = json.loads((tmp_path / "launches.json").read_text())["choices"].values()
     assert all(isinstance(kept["ms"][name], float) for name in ("default", "states in one pass"))
+
+
+@needs_interpreter
+def test_shapes_tuned_ahead_of_a_run_are_kept_for_it(tmp_path, capsys):
+    cache = tmp_path / "launches.json"
+    tuning.main(["B1_L40_H2_P16_N16_C16", "--dtype", "fp32", "--only", "states in one pass", "--cache", str(cache)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| cpu (Triton interpreter); triton ") and "chunk 16; fwd+bwd | " in table[2]
+    assert table[-1] == f"kept in {cache}"
+    (kept,) = json.loads(cache.read_text())["choices"].values()
+    assert list(kept["ms"]) == ["default", "states in one pass"]
+    with pytest.raises(SystemExit, match="--only \\['states in two passes'\\]: not candidates"):
+        tuning.main(["B1_L40_H2_P16_N16_C16", "--only", "states in two passes"])
