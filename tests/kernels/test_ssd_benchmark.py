@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape, parse_shape
-from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, fastest_launch, implementation, make_inputs,
-                                    outputs, triton_launched, triton_tuned, worst_difference)
+from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, compiled_shapes, fastest_launch, implementation,
+                                    make_inputs, outputs, triton_launched, triton_tuned, worst_difference)
 from kernels.ssd.tuning import Tuner, candidates
 
 
@@ -15,6 +15,16 @@ def test_registry_names_describe_their_shapes():
             assert name == shape.name and name.startswith(f"B{shape.b}_L{shape.l}_H{shape.h}_P{shape.p}")
     with pytest.raises(ValueError, match="multiple"):
         SSDShape(b=1, l=8, h=3, p=16, n=16, chunk=16, g=2)
+
+
+def test_compiled_shapes_hold_every_specialisation_the_gpu_suite_runs():
+    # Triton compiles a kernel per constexpr values and per integer argument that is 1 or divisible by 16.
+    def specialisation(s):
+        sizes = (s.l, s.h, s.g, s.p, s.n, -(-s.l // s.chunk))  # the last: chunks
+        return (s.h, s.g, s.p, s.n, s.chunk) + tuple((v == 1, v % 16 == 0) for v in sizes)
+    compiled = compiled_shapes()
+    assert {specialisation(s) for s in compiled} == {specialisation(s) for s in SSD_GPU.values()}
+    assert len(compiled) == 4 and all(s.b == 1 and s.l <= 4096 for s in compiled)
 
 
 def test_parse_shape_names_the_field_at_fault():
