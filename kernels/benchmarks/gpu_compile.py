@@ -169,6 +169,13 @@ def launch_field(change: str):
     return name, int(value) if fields[name] is int else value
 
 
+def launch_changes(changes: list[str]) -> tuple[dict, str]:
+    """--change arguments -> the Launch fields they change, and the suffix naming a results file kept under
+    them (so that a run under a changed launch never overwrites the default's table)."""
+    fields = dict(launch_field(change) for change in changes)
+    return fields, "".join(f"_{key}{value}" for key, value in fields.items())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
@@ -183,8 +190,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernels.benchmarks.gpu_compile: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+    change, changed = launch_changes(args.change)
     if args.change:
-        variants = {" ".join(args.change): dict(launch_field(change) for change in args.change)}
+        variants = {" ".join(args.change): change}
     else:
         from kernels.benchmarks.registry import SSD_GPU
         from kernels.benchmarks.ssd import SWEEP_SHAPE
@@ -209,7 +217,7 @@ def main(argv=None):
     command = "python -m kernels.benchmarks.gpu_compile " + " ".join(argv if argv is not None else sys.argv[1:])
     day = datetime.date.today().isoformat()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"ssd_compile_sm{args.arch}_{day}.md"
+    path = args.out_dir / f"ssd_compile_sm{args.arch}{changed}_{day}.md"
     path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: {', '.join(args.dtype or ['bf16'])} inputs, "
                     f"the launch sweep's shape (L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
                     f"- triton {triton.__version__}, torch {torch.__version__}\n\n"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.benchmarks.gpu_compile import launch_field
+from kernels.benchmarks.gpu_compile import launch_changes
 from kernels.benchmarks.registry import SSD_GPU, SSDShape
 from kernels.benchmarks.ssd import PEER  # mamba_ssm's column in the GPU table
 from kernels.benchmarks.traffic import IMPLS, count, totals
@@ -146,7 +146,7 @@ def main(argv=None):
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="count ours under default_launch with this Launch field changed (repeatable)")
     args = parser.parse_args(argv)
-    launch_change = dict(launch_field(change) for change in args.change)
+    launch_change, changed = launch_changes(args.change)
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("kernels.benchmarks.predict counts in the Triton interpreter: run it with TRITON_INTERPRET=1")
     bandwidth, measured = read_gpu_table(args.gpu_table)
@@ -171,7 +171,6 @@ def main(argv=None):
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         gpu = re.sub(r"_\d{4}-\d{2}-\d{2}$", "", args.gpu_table.stem.removeprefix("ssd_"))
-        changed = "".join(f"_{key}{value}" for key, value in launch_change.items())
         path = args.out_dir / f"ssd_predicted_{gpu}{changed}_{datetime.date.today()}.md"
         path.write_text(text)
         print(f"wrote {path}", file=sys.stderr)

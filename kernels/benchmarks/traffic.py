@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels.benchmarks.gpu_compile import launch_field
+from kernels.benchmarks.gpu_compile import launch_changes
 from kernels.benchmarks.registry import SSDShape, parse_shape
 from kernels.benchmarks.ssd import machine, make_inputs as benchmark_inputs
 
@@ -274,7 +274,7 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("kernels.benchmarks.traffic counts in the Triton interpreter: run it with TRITON_INTERPRET=1")
     shape = parse_shape(args.shape)
-    launch_change = dict(launch_field(change) for change in args.change)
+    launch_change, changed = launch_changes(args.change)
     counted = {}
     for impl in args.impls:
         print(f"counting {impl} at {shape.name} ...", file=sys.stderr, flush=True)
@@ -285,7 +285,6 @@ def main(argv=None):
     print(text)
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        changed = "".join(f"_{key}{value}" for key, value in launch_change.items())
         path = args.out_dir / f"ssd_traffic_{shape.name}{changed}_{datetime.date.today()}.md"
         path.write_text(text)
         print(f"wrote {path}", file=sys.stderr)

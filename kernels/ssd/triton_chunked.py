@@ -40,8 +40,9 @@ group and chunk (`_cb_products`) and the kernels read its tiles instead of recom
 _chunk_grad_CB, _C and _B take a block of heads of one group per program and sum over them in registers
 (per-head fp32 copies of dC and dB would be h / g times the size of B). The tile kernels' grids put the
 tiles of one chunk next to each other, so that the state and inputs they share come from L2.
-States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`); loads are cast to fp32, products
-take fp32 operands (tf32 or exact) or 16-bit ones (`Launch.prec`), and every accumulation is fp32.
+States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`), and so is C_t . B_s
+(`Launch.cb_16bit`); loads are cast to fp32, products take fp32 operands (tf32 or exact) or 16-bit ones
+(`Launch.prec`), and every accumulation is fp32.
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/README.md).
 """
@@ -103,7 +104,8 @@ def _head(i_bh, h, g, Lp):
 
 @triton.jit
 def _cb_tile(cb_ptr, i_bg, c, m, k, num_chunks, T: tl.constexpr, Q: tl.constexpr):
-    """The (Q, Q) tile of C_t . B_s for rows m*Q.., columns k*Q.. of chunk c (b*g, chunks, T, T): fp32."""
+    """The (Q, Q) tile of C_t . B_s for rows m*Q.., columns k*Q.. of chunk c (b*g, chunks, T, T), in the buffer's
+    dtype (fp32, or 16 bits with Launch.cb_16bit: the fp32 factors it meets promote it)."""
     rows = m * Q + tl.arange(0, Q)
     cols = k * Q + tl.arange(0, Q)
     return tl.load(cb_ptr + ((i_bg * num_chunks + c) * T + rows[:, None]) * T + cols[None, :])
@@ -208,8 +210,9 @@ def _token_weights_bwd(dt_ptr, bias_ptr, A_ptr, seq_ptr, ddt_out_ptr, dcum_ptr, 
 @triton.jit
 def _cb_products(B_ptr, C_ptr, CB_ptr, l, g, N, num_chunks,
                  T: tl.constexpr, Q: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """Grid (T // Q, T // Q, b*g*chunks): tile (m, k) of C_t . B_s in chunk c, fp32 (b*g, chunks, T, T), for
-    k <= m only. No kernel reads a tile above the diagonal at this Q or a smaller one, so those stay unwritten."""
+    """Grid (T // Q, T // Q, b*g*chunks): tile (m, k) of C_t . B_s in chunk c, summed in fp32 and stored in CB's
+    dtype (b*g, chunks, T, T), for k <= m only. No kernel reads a tile above the diagonal at this Q or a smaller
+    one, so those stay unwritten."""
     m, k, i_bgc = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     if k <= m:
         i_bg, c = i_bgc // num_chunks, i_bgc % num_chunks
@@ -217,7 +220,8 @@ def _cb_products(B_ptr, C_ptr, CB_ptr, l, g, N, num_chunks,
         C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
         B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, 0)
         rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)
-        tl.store(CB_ptr + (i_bgc * T + rows[:, None]) * T + cols[None, :], _dot(C_m, tl.trans(B_k), PREC))
+        tl.store(CB_ptr + (i_bgc * T + rows[:, None]) * T + cols[None, :],
+                 _dot(C_m, tl.trans(B_k), PREC).to(CB_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -510,6 +514,7 @@ class Launch:
     stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
     states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
     one_pass_states: bool = False  # _state_pass instead of _chunk_state then _state_scan: no chunk's own state kept
+    cb_16bit: bool = False  # C_t . B_s kept in prec's 16-bit type, where mamba_ssm keeps it fp32
 
     @property
     def operand_dtype(self) -> torch.dtype:
@@ -531,9 +536,10 @@ class Launch:
         return dict(num_warps=self.warps, **({"num_stages": self.stages} if self.stages else {}))
 
     def __post_init__(self):
-        if self.states_16bit and self.prec not in ("bf16", "fp16"):
-            raise ValueError(f"kernels.ssd triton Launch: states_16bit with prec = {self.prec!r}; expected prec "
-                             "'bf16' or 'fp16' (the states take the products' operand type)")
+        for name in ("states_16bit", "cb_16bit"):
+            if getattr(self, name) and self.prec not in ("bf16", "fp16"):
+                raise ValueError(f"kernels.ssd triton Launch: {name} with prec = {self.prec!r}; expected prec 'bf16' "
+                                 "or 'fp16' (16 bits means the products' operand type)")
         for name in ("Q", "grad_Q"):
             tile = getattr(self, name)
             if tile > self.T or self.T % tile or tile < 16:
@@ -632,12 +638,14 @@ def _padded_seq(seq_idx, T):
 
 
 def _chunk_cb(B, C, num_chunks, launch):
-    """C_t . B_s for the pairs of tokens of a chunk the kernels read, per group: (b, g, chunks, T, T) fp32.
+    """C_t . B_s for the pairs of tokens of a chunk the kernels read, per group: (b, g, chunks, T, T), fp32 or
+    (Launch.cb_16bit) the products' 16-bit type.
     Computed once for all the heads of a group (with one group, once for all heads), not per head in the
     kernels; from B and C as they are (a torch matmul would want them cast to fp32 and padded first)."""
     b, l, g, n = B.shape
     T, Q = launch.T, max(launch.Q, launch.grad_Q)  # the larger tile's diagonal tiles hold the smaller's
-    CB = torch.empty(b, g, num_chunks, T, T, device=B.device, dtype=torch.float32)
+    CB = torch.empty(b, g, num_chunks, T, T, device=B.device,
+                     dtype=launch.operand_dtype if launch.cb_16bit else torch.float32)
     # 16-bit values are exact as 16-bit products' operands; fp32 ones need exact fp32 products.
     prec = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(B.dtype, "ieee") if B.dtype == C.dtype else "ieee"
     _cb_products[(T // Q, T // Q, b * g * num_chunks)](B, C, CB, l, g, n, num_chunks, T=T, Q=Q, BN=launch.BN,

@@ -58,6 +58,10 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
         # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
         "16-bit entering states": dict(states_16bit=True),
+        # C_t . B_s is read by every head of a group, in fp32 as mamba_ssm keeps it. In the products' 16 bits:
+        # _chunk_output's shared memory from 97 to 81 KB, _chunk_grad_cols' from 60.5 to 44.5 (make bench-compile),
+        # and a step's requested bytes 8% fewer at H 8 (kernels.benchmarks.traffic --change cb_16bit=true).
+        "C.B in 16 bits": dict(cb_16bit=True),
         # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
         # 12 (make bench-compile).
         "forward kernels 2 stages": dict(stages=2),

@@ -172,22 +172,23 @@ def test_states_in_one_pass_without_initial_states(nan_filled_allocations):
 
 
 @pytest.mark.parametrize("states", [dict(states_16bit=False), dict(states_16bit=True),
-                                    dict(states_16bit=True, one_pass_states=True)],
-                         ids=["fp32_states", "fp16_states", "fp16_states_one_pass"])
+                                    dict(states_16bit=True, one_pass_states=True), dict(cb_16bit=True)],
+                         ids=["fp32_states", "fp16_states", "fp16_states_one_pass", "fp16_cb"])
 def test_triton_16bit_dot_operands(states, nan_filled_allocations):
-    """prec "fp16" rounds every product's operands to fp16 first, and states_16bit keeps the entering states and
-    their gradients in fp16 too (initial_states and final_states stay as they are). bf16 is the same code, but
-    the interpreter gets bf16 wrong, so the gpu tier runs it."""
+    """prec "fp16" rounds every product's operands to fp16 first, states_16bit keeps the entering states and
+    their gradients in fp16 too (initial_states and final_states stay as they are), and cb_16bit C_t . B_s.
+    bf16 is the same code, but the interpreter gets bf16 wrong, so the gpu tier runs it."""
     case = Case("fp16_operands", b=1, l=77, h=4, p=32, n=32, g=2, chunk=16, D="hp", seq_idx=True)
     compare_launch_to_naive(case, torch.float16, dict(T=32, Q=16, grad_Q=16, prec="fp16", **states),
                             TOL_FP16, TOL_FP16)
 
 
-def test_16bit_states_need_16bit_products():
+@pytest.mark.parametrize("field", ["states_16bit", "cb_16bit"])
+def test_16bit_buffers_need_16bit_products(field):
     from kernels.ssd.triton_chunked import Launch
-    with pytest.raises(ValueError, match="states_16bit with prec = 'ieee'"):
+    with pytest.raises(ValueError, match=f"{field} with prec = 'ieee'"):
         Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
-               heads_per_program=1, prec="ieee", states_16bit=True)
+               heads_per_program=1, prec="ieee", **{field: True})
 
 
 def test_triton_launch_rejects_what_does_not_divide():
@@ -258,12 +259,12 @@ def test_triton_gpu_16bit_dot_operands(dtype, tol, Q, nan_filled_allocations):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, TOL_FP16), (torch.bfloat16, TOL_BF16)], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("one_pass_states", [False, True], ids=["two_pass", "one_pass"])
-def test_triton_gpu_16bit_states(dtype, tol, one_pass_states, nan_filled_allocations):
-    # The launch sweep's "16-bit entering states" and "states in one pass"; the CPU tier runs fp16 only (the
-    # interpreter gets bf16 wrong).
-    compare_launch_to_naive(GPU_CASES[0], dtype, dict(states_16bit=True, one_pass_states=one_pass_states), tol, tol,
-                            "cuda")
+@pytest.mark.parametrize("change", [dict(states_16bit=True), dict(states_16bit=True, one_pass_states=True),
+                                    dict(cb_16bit=True)], ids=["two_pass", "one_pass", "cb"])
+def test_triton_gpu_16bit_states(dtype, tol, change, nan_filled_allocations):
+    # The launch sweep's "16-bit entering states", "states in one pass" and "C.B in 16 bits"; the CPU tier runs
+    # fp16 only (the interpreter gets bf16 wrong).
+    compare_launch_to_naive(GPU_CASES[0], dtype, change, tol, tol, "cuda")
 
 
 @pytest.mark.parametrize("tiles", [dict(Q=64, grad_Q=32), dict(Q=32, grad_Q=64)])
