@@ -9,7 +9,8 @@ stray from the default launch's (a launch can compute wrongly on one device only
 H200, see Launch.check), and keeps the fastest. The choices live in memory and in a JSON file
 (LONGWATCH_SSD_TUNE_CACHE, default ~/.cache/longwatch/ssd_launches.json) keyed by device, Triton version
 and shape, with every candidate's time, so each shape is tuned once per machine. The first tuning compiles
-every candidate's kernels: minutes on a cold Triton cache, seconds after.
+every candidate's kernels; on a cold Triton cache that is most of its time. `python -m kernels.ssd.tuning
+SHAPE ...` tunes ahead of a run.
 """
 import dataclasses
 import datetime
@@ -35,10 +36,10 @@ DEFAULT_CACHE = Path.home() / ".cache" / "longwatch" / "ssd_launches.json"
 
 
 def candidates(heads_per_group: int) -> dict[str, dict]:
-    """Changes to default_launch worth timing: tile lengths and widths, warps, the states' kernels and precision,
-    dC and dB over all of a group's heads in one program. The launch sweep (kernels.benchmarks.ssd --suite
-    launch) times the same list at one shape, with kernel profiles; each compiles for sm_90
-    (kernels.benchmarks.gpu_compile, no GPU needed)."""
+    """Changes to default_launch worth timing, "default" (no change) first: tile lengths and widths, warps, the
+    states' kernels, 16-bit buffers, dC and dB over all of a group's heads in one program. The launch sweep
+    (kernels.benchmarks.ssd --suite launch) times the same list at one shape, with kernel profiles; each
+    compiles for sm_90 (kernels.benchmarks.gpu_compile, no GPU needed)."""
     # Most telling first: gpu_check.sh gives the sweep a fixed time, and a cut run keeps what it printed.
     return {
         "default": {},
