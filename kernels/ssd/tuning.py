@@ -137,6 +137,10 @@ class Tuner:
             except (TypeError, ValueError) as error:  # a file written by another version of Launch, or by hand
                 warnings.warn(f"kernels.ssd tuning: {self.path}: the launch kept for {key!r}, {kept}, is not a "
                               f"Launch here ({type(error).__name__}: {error}); tuning it anew")
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph
+            warnings.warn(f"kernels.ssd tuning {key}: called while a CUDA graph is being captured; running the "
+                          "default launch untuned (tune before capturing, e.g. with one eager step)")
+            return base
         scan = dict(chunk_size=chunk_size, seq_idx=seq_idx, dt_softplus=dt_softplus, dt_limit=dt_limit)
         self.choices[key] = self._tune(key, base, inputs, scan, backward)
         if self.choices[key].pop("keep", True) and self.path is not None:

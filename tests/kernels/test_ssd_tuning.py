@@ -141,6 +141,15 @@ def test_a_default_that_cannot_run_while_tuning_runs_untuned_and_is_not_kept(tmp
     assert not launch.one_pass_states and not path.exists()
 
 
+def test_no_tuning_while_a_cuda_graph_is_captured(monkeypatch, torch_scan):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    tuner = tuning.Tuner(None, few, timer=never_timed, progress=False)
+    with pytest.warns(UserWarning, match="CUDA graph is being captured; running the default launch untuned"):
+        launch = tuner.launch(**scan_inputs(make_inputs(CASE, torch.float32)))
+    assert not launch.one_pass_states and not tuner.choices and not torch_scan[0]
+
+
 def test_bad_settings_name_themselves(monkeypatch, torch_scan):
     monkeypatch.setenv("LONGWATCH_SSD_TUNE", "yes")
     with pytest.raises(ValueError, match="LONGWATCH_SSD_TUNE = 'yes', expected '0' or '1'"):
