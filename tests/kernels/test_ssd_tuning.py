@@ -1,6 +1,7 @@
 """kernels.ssd.tuning: the fastest launch per shape and mode, checked against the default launch's outputs,
 kept in a file. The tuner's logic runs on the torch scan with given times (timings are not test material);
-one test runs the Triton scan in the interpreter, tuned for real, against the naive recurrence."""
+the last two tests tune the Triton scan for real, in the interpreter: through ssd_scan, against the naive
+recurrence, and ahead of a run, from the command line."""
 import json
 
 import pytest
