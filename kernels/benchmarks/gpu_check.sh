@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One device call: a launch-config sweep of our kernels, the GPU SSD benchmark (with the sweep's fastest launch),
-# the GPU test tier of kernels/ (and of the Mamba-2 LM on them) and Nsight Compute's counters for one step;
-# results under $OUT (seven files).
+# One device call: a launch-config sweep of our kernels, the GPU SSD benchmark (with the sweep's fastest launch
+# and our scan tuned at each shape), the GPU test tier of kernels/ (and of the Mamba-2 LM on them) and Nsight
+# Compute's counters for one step; results under $OUT (seven files).
 #
-#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (about 9 min)
+#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (its steps: 550 s at most)
 #
 # mamba_ssm is the benchmark's peer. If it is not installed, it is installed pure-Python
 # (its Triton kernels are all we compare against) from the sdist carried with the tree;
