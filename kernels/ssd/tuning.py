@@ -3,8 +3,8 @@
 `default_launch` was picked by timing on one H200 at one shape (kernels/README.md). Another GPU or another
 shape may run faster under another Launch, and every Launch computes the same result up to rounding, so the
 choice is only one of speed. With LONGWATCH_SSD_TUNE=1 (or `ssd_scan_triton(..., launch="tuned")`) the first
-call at a shape times the scan under each of `candidates`, on copies of the caller's own inputs, forward and
-backward if the caller's graph will need the backward, else forward only. It refuses any launch whose outputs
+call at a shape times the scan under each of `candidates`, on the caller's own inputs (detached from its
+graph), forward and backward if the caller's graph will need the backward, else forward only. It refuses any launch whose outputs
 stray from the default launch's (a launch can compute wrongly on one device only: tf32 products did on an
 H200, see Launch.check), and keeps the fastest. The choices live in memory and in a JSON file
 (LONGWATCH_SSD_TUNE_CACHE, default ~/.cache/longwatch/ssd_launches.json) keyed by device, Triton version
@@ -149,7 +149,8 @@ class Tuner:
 
     def _tune(self, key, base, inputs, scan, backward) -> dict:
         x, B = inputs["x"], inputs["B"]
-        leaves = {k: None if v is None else v.detach().clone().requires_grad_(backward and v.is_floating_point())
+        # Detached, not copied: the scan never writes its inputs, and the gradients go to these new leaves.
+        leaves = {k: None if v is None else v.detach().requires_grad_(backward and v.is_floating_point())
                   for k, v in inputs.items()}
         gen = torch.Generator(device=x.device).manual_seed(0)
         dy = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) if backward else None
@@ -201,7 +202,7 @@ class Tuner:
         ms = {}
         for name, change in tqdm(changes.items(), desc="tuning the SSD scan's launch", disable=not self.progress):
             ms[name] = measure(name, change)
-            if name == "default" and not isinstance(ms[name], float):  # it could not run beside tuning's copies
+            if name == "default" and not isinstance(ms[name], float):  # it could not run beside tuning's buffers
                 warnings.warn(f"kernels.ssd tuning {key}: the default launch failed while tuning ({ms[name]}); "
                               "using it untuned, and tuning again in the next process")
                 return dict(launch="default", change={}, ms=ms, keep=False)
@@ -252,7 +253,7 @@ class Tuner:
         """Adds `key` to the file as it is now: another process (a DDP rank) may have written other keys since.
         Written to a temporary file and renamed, so that a reader never sees half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        on_disk = Tuner(self.path, progress=False).choices if self.path.exists() else {}
+        on_disk = self._load()
         on_disk[key] = self.choices[key]
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         temporary.write_text(json.dumps(dict(format=FORMAT, choices=on_disk), indent=1) + "\n")
