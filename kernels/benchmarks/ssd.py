@@ -121,7 +121,7 @@ def triton_tuned(shape: SSDShape, tuner):
     return fn
 
 
-def _leaves(inputs):
+def as_leaves(inputs):
     """The inputs detached, the floating ones requiring their gradient."""
     return {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
 
@@ -133,7 +133,7 @@ def runner(fn, inputs, mode):
             with torch.no_grad():
                 return fn(**inputs)
         return run
-    leaves = _leaves(inputs)
+    leaves = as_leaves(inputs)
 
     def run():
         y = fn(**leaves)
@@ -308,7 +308,7 @@ def outputs(fn, inputs, mode) -> dict[str, torch.Tensor]:
     if mode == "fwd":
         with torch.no_grad():
             return {"y": fn(**inputs).float()}
-    leaves = _leaves(inputs)
+    leaves = as_leaves(inputs)
     y = fn(**leaves)
     gen = torch.Generator(device=y.device).manual_seed(1)
     y.backward(torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype))
@@ -401,12 +401,17 @@ def combined_launch(variants: dict, seconds: dict, diffs: dict) -> tuple[str, di
     return f"{fwd} + {step}", {**variants[fwd], **variants[step]}
 
 
+def compile_cut(shape: SSDShape) -> SSDShape:
+    """A shape cut to one batch row and at most 4,096 tokens: Triton specialises a kernel on which integer
+    arguments are 1 or divisible by 16, and the cut keeps both, so it compiles the kernels the whole shape runs,
+    at a fraction of the memory (kernels.benchmarks.gpu_compile compiles the sweep's shape so cut)."""
+    return dataclasses.replace(shape, b=1, l=min(shape.l, 4096))
+
+
 def compiled_shapes() -> list[SSDShape]:
-    """The GPU suite's shapes cut to one batch row and at most 4,096 tokens. Triton specialises a kernel on which
-    integer arguments are 1 or divisible by 16 (kernels.benchmarks.gpu_compile uses the same cut), and the cut
-    keeps both, so running these compiles every kernel the sweep, the suite and its tuning run, at a fraction
-    of the memory. (B4_L2048's 8 chunks are the one count not divisible by 16.)"""
-    return list(dict.fromkeys(dataclasses.replace(s, b=1, l=min(s.l, 4096)) for s in SSD_GPU.values()))
+    """The GPU suite's shapes cut (compile_cut): running these compiles every kernel the sweep, the suite and its
+    tuning run. (B4_L2048's 8 chunks are the one count not divisible by 16.)"""
+    return list(dict.fromkeys(compile_cut(s) for s in SSD_GPU.values()))
 
 
 def _compile_variant(change: dict) -> str:

@@ -1,12 +1,12 @@
 """The Triton scan's launch, tuned per shape on the device that runs it.
 
-`default_launch` was picked by timing on one H200 at one shape (kernels/README.md). Another GPU or another
+`default_launch` was picked by timing on one H200 at one shape (kernels/JOURNAL.md). Another GPU or another
 shape may run faster under another Launch, and every Launch computes the same result up to rounding, so the
 choice is only one of speed. With LONGWATCH_SSD_TUNE=1 (or `ssd_scan_triton(..., launch="tuned")`) the first
 call at a shape times the scan under each of `candidates`, on the caller's own inputs (detached from its
-graph), forward and backward if the caller's graph will need the backward, else forward only. It refuses any launch whose outputs
-stray from the default launch's (a launch can compute wrongly on one device only: tf32 products did on an
-H200, see Launch.check), and keeps the fastest. The choices live in memory and in a JSON file
+graph), forward and backward if the caller's graph will need the backward, else forward only. It refuses any
+launch whose outputs stray from the default launch's (a launch can compute wrongly on one device only: tf32
+products did on an H200, see Launch.check), and keeps the fastest. The choices live in memory and in a JSON file
 (LONGWATCH_SSD_TUNE_CACHE, default ~/.cache/longwatch/ssd_launches.json) keyed by device, Triton version
 and shape, with every candidate's time, so each shape is tuned once per machine. The first tuning compiles
 every candidate's kernels; on a cold Triton cache that is most of its time. `python -m kernels.ssd.tuning
@@ -291,7 +291,7 @@ def main(argv=None):
     import argparse
 
     from kernels.benchmarks.registry import parse_shape
-    from kernels.benchmarks.ssd import _leaves, make_inputs
+    from kernels.benchmarks.ssd import as_leaves, make_inputs
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("shapes", nargs="+", metavar="SHAPE", help="B<b>_L<l>_H<h>_P<p>_N<n>_C<chunk>[_G<g>]")
@@ -323,7 +323,7 @@ def main(argv=None):
     keys = []
     for shape in shapes:
         inputs = make_inputs(shape, dtype, device)
-        inputs = inputs if args.forward_only else _leaves(inputs)
+        inputs = inputs if args.forward_only else as_leaves(inputs)
         with torch.no_grad() if args.forward_only else torch.enable_grad():
             chosen.launch(**inputs, chunk_size=shape.chunk, dt_softplus=True)
         keys.append(shape_key(inputs["x"], inputs["B"], shape.chunk, None, backward=not args.forward_only))
