@@ -11,7 +11,8 @@ launch replaced by a recorder. Each recorded call is compiled for the target as 
 (pointers aligned to 16 bytes and integers divisible by 16 marked so),
 and cuobjdump reads the registers and stack of the cubin. From registers, warps and shared memory, CUDA's
 occupancy rules give the warps an SM keeps resident: the loads of a memory-bound kernel wait behind them.
-Must run without TRITON_INTERPRET.
+Triton's IR after software pipelining names the loads a loop still waits for at every iteration
+(`waited_loads`): those its pipelining did not issue ahead. Must run without TRITON_INTERPRET.
 """
 import argparse
 import dataclasses
@@ -19,6 +20,7 @@ import datetime
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", t
 def record_launches(shape, dtype, launch_change, packed=False):
     """Run the Triton scan's forward and backward with every kernel launch recorded, not run:
     ([(pass, kernel, args, kwargs)] in launch order, the Launch used). packed: with seq_idx (two sequences)."""
-    from kernels.benchmarks.ssd import make_inputs
+    from kernels.benchmarks.ssd import as_leaves, make_inputs
     from kernels.ssd import triton_chunked as tc
 
     calls, phase = [], ["forward"]
@@ -59,7 +61,7 @@ def record_launches(shape, dtype, launch_change, packed=False):
             setattr(tc, name, Recorder(kernel))
         inputs = make_inputs(shape, dtype, "cpu")
         launch = dataclasses.replace(tc.default_launch(inputs["x"], inputs["B"], shape.chunk), **launch_change)
-        leaves = {k: v.requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        leaves = as_leaves(inputs)
         seq_idx = (torch.arange(shape.l) >= shape.l // 3).to(torch.int32).expand(shape.b, -1) if packed else None
         y = tc.ssd_scan_triton(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], shape.chunk,
                                D=leaves["D"], dt_bias=leaves["dt_bias"], dt_softplus=True, seq_idx=seq_idx,
@@ -74,7 +76,8 @@ def record_launches(shape, dtype, launch_change, packed=False):
 
 def compile_call(kernel, args, kwargs, arch):
     """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread, the matrix
-    instruction its products became: "wgmma" (Hopper's), "mma.sync" (Ampere's) or "-" (FMA units))."""
+    instruction its products became: "wgmma" (Hopper's), "mma.sync" (Ampere's) or "-" (FMA units), the source
+    lines of the loads its loops wait for)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -102,7 +105,42 @@ def compile_call(kernel, args, kwargs, arch):
     registers, stack = _resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
-    return compiled.metadata.shared, registers, stack, mma
+    return compiled.metadata.shared, registers, stack, mma, waited_loads(compiled.asm["ttgir"])
+
+
+def waited_loads(ttgir: str) -> list[int]:
+    """The source lines of the loads inside a loop whose value the same iteration uses, from Triton's TTGIR after
+    software pipelining (a load inlined from a helper is named by the kernel's line that calls it). A pipelined
+    load became an async copy to shared memory, or a load whose value the loop carries (scf.yield) to the next
+    iteration; any other load in a loop is waited for, every iteration, by warps that could be computing.
+    Triton pipelines the loads that feed a product's operands, not those that only scale its result."""
+    definitions = dict(re.findall(r"^(#loc\d+) = loc\((.*)\)$", ttgir, re.M))
+
+    def line_of(ref: str, depth=0) -> int:
+        text = definitions.get(ref, "")
+        if depth > 50 or not text:
+            return 0
+        if called := re.fullmatch(r"callsite\((#loc\d+) at (#loc\d+)\)", text):
+            return line_of(called[2], depth + 1)  # the caller's line: the kernel's, not the helper's
+        if named := re.fullmatch(r'"[^"]*"\((#loc\d+)\)', text):
+            return line_of(named[1], depth + 1)
+        return int(at[1]) if (at := re.match(r'"[^"]*":(\d+):', text)) else 0
+
+    waited, regions = [], []  # regions: for each open region, [is a loop, its loads (name, line)]
+    for line in ttgir.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("scf.yield") and regions and regions[-1][0]:
+            carried = set(re.findall(r"%[\w.#]+", stripped))
+            waited += [source for name, source in regions[-1][1] if name not in carried]
+            regions[-1][1] = []
+        if stripped.startswith("}"):
+            regions.pop()
+        if load := re.match(r"(%[\w.#]+) = tt\.load .*loc\((#loc\d+)\)$", stripped):
+            if regions and regions[-1][0]:
+                regions[-1][1].append((load[1], line_of(load[2])))
+        if stripped.endswith("{"):
+            regions.append([" scf.for " in f" {stripped} ", []])
+    return sorted(waited)
 
 
 def resident_warps(arch: int, registers: int, warps: int, shared: int) -> tuple[int, str]:
@@ -131,9 +169,9 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
 def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False,)) -> list[dict]:
     """Every kernel of every variant's forward and backward, for each input dtype, with and without seq_idx."""
     from kernels.benchmarks.registry import SSD_GPU
-    from kernels.benchmarks.ssd import SWEEP_SHAPE
+    from kernels.benchmarks.ssd import SWEEP_SHAPE, compile_cut
 
-    shape = dataclasses.replace(SSD_GPU[SWEEP_SHAPE], b=1, l=4096)
+    shape = compile_cut(SSD_GPU[SWEEP_SHAPE])
     dtype_of = {name: dtype for dtype, name in TYPES.items()}
     rows = []
     for dtype, with_seq, (name, change) in itertools.product(dtypes, packed, variants.items()):
@@ -144,12 +182,12 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
             print(f"  {label}: skipped: {error}", file=sys.stderr)
             continue
         for phase, kernel, args, kwargs in calls:
-            shared, registers, stack, mma = compile_call(kernel, args, dict(kwargs), arch)
+            shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs), arch)
             warps = kwargs.get("num_warps", 4)
             resident, limit = resident_warps(arch, registers, warps, shared)
             rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
                              registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps,
-                             resident_warps=resident, resident_limit=limit))
+                             resident_warps=resident, resident_limit=limit, waited_loads=waited))
             print(f"  {label}: {rows[-1]}", file=sys.stderr)
     return rows
 
@@ -205,10 +243,12 @@ def main(argv=None):
         print(json.dumps(rows))
         return
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
-              "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)"]
+              "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)",
+              "loads a loop waits for (triton_chunked.py lines)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
               "yes" if r["fits"] else "NO", r["registers"], r["stack"],
-              f"{r['resident_warps']} ({r['resident_limit']})"] for r in rows]
+              f"{r['resident_warps']} ({r['resident_limit']})",
+              ", ".join(map(str, r["waited_loads"])) or "-"] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)

@@ -43,8 +43,11 @@ tiles of one chunk next to each other, so that the state and inputs they share c
 States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`), and so is C_t . B_s
 (`Launch.cb_16bit`); loads are cast to fp32, products take fp32 operands (tf32 or exact) or 16-bit ones
 (`Launch.prec`), and every accumulation is fp32.
+Triton's software pipelining issues a loop's next loads early only where they feed a product's operands; the
+per-token weights that scale a product's result are loaded a head or an iteration ahead by hand (`_next_head`),
+so that at the default launch no loop waits for a load but _state_scan's (`make bench-compile` lists them).
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
-and reading them (kernels/README.md).
+and reading them (kernels/JOURNAL.md).
 """
 import dataclasses
 
@@ -118,11 +121,27 @@ def _D_row(D_ptr, i_h, P, BP: tl.constexpr):
 
 
 @triton.jit
-def _in_chunk_decay(cum_t, cum_s, t, s, seq_ptr, seq_row, HAS_SEQ: tl.constexpr):
-    """(len t, len s) tile of exp(cum_t - cum_s) where s <= t in the same sequence, else 0."""
+def _seq_ids(seq_ptr, seq_row, t, HAS_SEQ: tl.constexpr):
+    """seq_idx at tokens t, for _in_chunk_keep (t itself without seq_idx: unread there)."""
+    if HAS_SEQ:
+        return tl.load(seq_ptr + seq_row + t)
+    else:
+        return t
+
+
+@triton.jit
+def _in_chunk_keep(t, s, seq_t, seq_s, HAS_SEQ: tl.constexpr):
+    """(len t, len s) tile of whether s <= t in the same sequence (seq_t, seq_s from _seq_ids): where token s's
+    input reaches token t."""
     keep = t[:, None] >= s[None, :]
     if HAS_SEQ:
-        keep = keep & (tl.load(seq_ptr + seq_row + t)[:, None] == tl.load(seq_ptr + seq_row + s)[None, :])
+        keep = keep & (seq_t[:, None] == seq_s[None, :])
+    return keep
+
+
+@triton.jit
+def _in_chunk_decay(cum_t, cum_s, keep):
+    """(len t, len s) tile of exp(cum_t - cum_s) where keep, else 0."""
     # -inf before exp: where s > t the exponent is positive and could overflow.
     return tl.exp(tl.where(keep, cum_t[:, None] - cum_s[None, :], float("-inf")))
 
@@ -276,6 +295,15 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
 
 
 @triton.jit
+def _state_pass_chunk(j, num_chunks, T: tl.constexpr, Q: tl.constexpr, REVERSE: tl.constexpr):
+    """_state_pass's iteration j -> the chunk it works in, and whether j is that chunk's first tile."""
+    c = j // (T // Q)
+    if REVERSE:
+        c = num_chunks - 1 - c
+    return c, j % (T // Q) == 0
+
+
+@triton.jit
 def _state_pass(u_ptr, v_ptr, wt_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_ptr,
                 l, Lp, h, g, P, N, num_chunks,
                 T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
@@ -287,8 +315,10 @@ def _state_pass(u_ptr, v_ptr, wt_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, w
     being summed. At a chunk's first tile: out[c] = carry (with HAS_DOT, this tile's share of <out[c], with[c]>
     to dot (b*h, chunks, cdiv(N, BN))), then carry *= decay[c]; every tile adds sum_t wt_t u_t v_t^T.
     final = carry. Same arguments and results as the two kernels.
-    Compiled for sm_90 (Triton 3.7), the u, v and wt loads are pipelined (cp.async); the decay and HAS_DOT's tile
-    of `with` are not, so the backward waits for one (P, BN) load a chunk."""
+    Compiled for sm_90, Triton pipelines the u, v and wt loads (cp.async) but not the decay's, which does not feed
+    the product: it is loaded an iteration ahead by hand. HAS_DOT's tile of `with` is not: held across an
+    iteration it cost 5-61 registers a thread, and with 16-bit states 12 resident warps became 8 (make
+    bench-compile). So the backward waits for that load once a chunk."""
     i_bh, i_n = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_b, i_h, i_g, tok, _ = _head(i_bh, h, g, Lp)
     ends, mask = _state_tile(i_bh, 0, 1, P, N, BP, BN, i_n * BN)  # init and final: (b*h, P, N)
@@ -296,24 +326,23 @@ def _state_pass(u_ptr, v_ptr, wt_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, w
         carry = tl.load(init_ptr + ends, mask=mask, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BP, BN), tl.float32)
-    for j in tl.range(num_chunks * (T // Q)):
-        k = j % (T // Q)
-        if REVERSE:
-            c = num_chunks - 1 - j // (T // Q)
-        else:
-            c = j // (T // Q)
-        first = k == 0  # masks, not a branch: the loop stays one pipelined loop
+    steps = num_chunks * (T // Q)
+    decay = tl.load(decay_ptr + i_bh * num_chunks + _state_pass_chunk(0, num_chunks, T, Q, REVERSE)[0])
+    for j in tl.range(steps):
+        c, first = _state_pass_chunk(j, num_chunks, T, Q, REVERSE)  # masks, not a branch: one pipelined loop
         here = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)[0]
         tl.store(out_ptr + here, carry.to(out_ptr.dtype.element_ty), mask=mask & first)
         if HAS_DOT:
             S = tl.load(with_ptr + here, mask=mask & first, other=0.0).to(tl.float32)
             tl.store(dot_ptr + (i_bh * num_chunks + c) * tl.num_programs(1) + i_n, tl.sum(tl.sum(carry * S, 1), 0),
                      mask=first)
-        t0 = c * T + k * Q
+        t0 = c * T + (j % (T // Q)) * Q
         u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
         v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
         wt = tl.load(wt_ptr + tok + t0 + tl.arange(0, Q))
-        scale = tl.where(first, tl.load(decay_ptr + i_bh * num_chunks + c), 1.0)
+        scale = tl.where(first, decay, 1.0)
+        next_chunk = _state_pass_chunk(tl.minimum(j + 1, steps - 1), num_chunks, T, Q, REVERSE)[0]
+        decay = tl.load(decay_ptr + i_bh * num_chunks + next_chunk)
         carry = scale * carry + _dot(tl.trans(u * wt[:, None]), v, PREC)
     tl.store(final_ptr + ends, carry, mask=mask)
 
@@ -329,14 +358,15 @@ def _chunk_output(x_ptr, CB_ptr, C_ptr, dt_ptr, cum_ptr, win_ptr, states_ptr, se
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_m = c * T + m * Q + tl.arange(0, Q)
     C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, 0)
-    cum_m = tl.load(cum_ptr + tok + t_m)
+    cum_m, seq_m = tl.load(cum_ptr + tok + t_m), _seq_ids(seq_ptr, seq_row, t_m, HAS_SEQ)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, 0)
     S = tl.load(states_ptr + offs, mask=mask, other=0.0)
     y = _dot(C_m, tl.trans(S), PREC) * tl.load(win_ptr + tok + t_m)[:, None]
     for k in range(0, m + 1):
         t_k = c * T + k * Q + tl.arange(0, Q)
         x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
-        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+        keep = _in_chunk_keep(t_m, t_k, seq_m, _seq_ids(seq_ptr, seq_row, t_k, HAS_SEQ), HAS_SEQ)
+        decay = _in_chunk_decay(cum_m, tl.load(cum_ptr + tok + t_k), keep)
         M = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
         y += _dot(M, x_k, PREC)
     if HAS_D:  # here, not as a torch epilogue: that would read and write y twice more
@@ -372,6 +402,15 @@ def _head_block(i_pid, h, g, N, BN: tl.constexpr, HP: tl.constexpr):
 
 
 @triton.jit
+def _next_head(i_bh0, j, HP: tl.constexpr, Lp):
+    """Offset of the per-token row (b*h, Lp) of head j + 1 of a block of HP heads starting at i_bh0 (the last head's
+    own at the end, so that the load stays in bounds). The per-token weights that scale a product's result, not its
+    operands, are left in the loop by Triton's software pipelining (3.6, 3.7), each head's waited for before its
+    product can be used; loaded a head ahead by hand, they arrive while this head's product runs."""
+    return (i_bh0 + tl.minimum(j + 1, HP - 1)) * Lp
+
+
+@triton.jit
 def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcum_ptr,
                    l, Lp, h, g, P, N, num_chunks,
                    T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, HP: tl.constexpr,
@@ -391,14 +430,18 @@ def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcu
         t_k = c * T + k * Q + tl.arange(0, Q)
         CB = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)
         dCB = tl.zeros((Q, Q), tl.float32)
+        seq_m, seq_k = _seq_ids(seq_ptr, i_b * Lp, t_m, HAS_SEQ), _seq_ids(seq_ptr, i_b * Lp, t_k, HAS_SEQ)
+        tok = (i_b * h + head0) * Lp
+        cum_m, cum_k, dt_k = tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), tl.load(dt_ptr + tok + t_k)
         for j in range(HP):
             i_bh = i_b * h + head0 + j
-            tok = i_bh * Lp
             dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
             x_k = _load_rows(x_ptr, i_b, head0 + j, c * T + k * Q, l, h, P, Q, BP, 0)
-            decay = _in_chunk_decay(tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), t_m, t_k, seq_ptr,
-                                    i_b * Lp, HAS_SEQ)
-            dM_decay_dt = _dot(dy_m, tl.trans(x_k), PREC) * decay * tl.load(dt_ptr + tok + t_k)[None, :]
+            decay = _in_chunk_decay(cum_m, cum_k, _in_chunk_keep(t_m, t_k, seq_m, seq_k, HAS_SEQ))
+            dM_decay_dt = _dot(dy_m, tl.trans(x_k), PREC) * decay * dt_k[None, :]
+            # The next head's cum and dt, a head ahead (_next_head's reason).
+            tok = _next_head(i_b * h + head0, j, HP, Lp)
+            cum_m, cum_k, dt_k = tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), tl.load(dt_ptr + tok + t_k)
             tl.store(dcum_ptr + (i_bh * (T // Q) + k) * Lp + t_m, tl.sum(dM_decay_dt * CB, 1))
             dCB += dM_decay_dt
         rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)
@@ -418,13 +461,15 @@ def _chunk_grad_C(dy_ptr, B_ptr, C_ptr, win_ptr, states_ptr, dCB_ptr, dC_ptr, dw
     t_m = c * T + m * Q + tl.arange(0, Q)
     C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN)
     dC = tl.zeros((Q, BN), tl.float32)
+    win_m = tl.load(win_ptr + (i_b * h + head0) * Lp + t_m)
     for j in range(HP):  # the entering state's term, head by head
         i_bh = i_b * h + head0 + j
         dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
         S_dy = _dot(dy_m, tl.load(states_ptr + offs, mask=mask, other=0.0), PREC)
         tl.store(dwin_ptr + (i_bh * tl.cdiv(N, BN) + i_n) * Lp + t_m, tl.sum(S_dy * C_m, 1))
-        dC += S_dy * tl.load(win_ptr + i_bh * Lp + t_m)[:, None]
+        dC += S_dy * win_m[:, None]
+        win_m = tl.load(win_ptr + _next_head(i_b * h + head0, j, HP, Lp) + t_m)  # a head ahead (_next_head's reason)
     for k in range(0, m + 1):  # the in-chunk term
         B_k = _load_rows(B_ptr, i_b, i_g, c * T + k * Q, l, g, N, Q, BN, i_n * BN)
         dC += _dot(_cb_tile(dCB_ptr, i_sp, c, m, k, num_chunks, T, Q), B_k, PREC)
@@ -447,13 +492,14 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dl
     k, i_bh, c = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_k = c * T + k * Q + tl.arange(0, Q)
-    cum_k = tl.load(cum_ptr + tok + t_k)
+    cum_k, seq_k = tl.load(cum_ptr + tok + t_k), _seq_ids(seq_ptr, seq_row, t_k, HAS_SEQ)
     acc = tl.zeros((Q, BP), tl.float32)  # the only tile the loop keeps: its operands are loaded after it
     for m in range(k, T // Q):
         t_m = c * T + m * Q + tl.arange(0, Q)
         dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
         CB_decay = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * \
-            _in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k, t_m, t_k, seq_ptr, seq_row, HAS_SEQ)
+            _in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k,
+                            _in_chunk_keep(t_m, t_k, _seq_ids(seq_ptr, seq_row, t_m, HAS_SEQ), seq_k, HAS_SEQ))
         acc += _dot(tl.trans(CB_decay), dy_m, PREC)
     x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
     tl.store(ddt_ptr + tok + t_k, tl.sum(x_k * acc, 1))
@@ -482,12 +528,13 @@ def _chunk_grad_B(x_ptr, C_ptr, wout_ptr, dleaving_ptr, dCB_ptr, dB_ptr,
     i_b, i_g, head0, i_sp, slot, slots, i_n = _head_block(tl.program_id(1).to(tl.int64), h, g, N, BN, HP)
     t_k = c * T + k * Q + tl.arange(0, Q)
     dB = tl.zeros((Q, BN), tl.float32)
+    wout_k = tl.load(wout_ptr + (i_b * h + head0) * Lp + t_k)
     for j in range(HP):  # the leaving state's term, head by head
         i_bh = i_b * h + head0 + j
         x_k = _load_rows(x_ptr, i_b, head0 + j, c * T + k * Q, l, h, P, Q, BP, 0)
         offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
-        dB += _dot(x_k, tl.load(dleaving_ptr + offs, mask=mask, other=0.0), PREC) * \
-            tl.load(wout_ptr + i_bh * Lp + t_k)[:, None]
+        dB += _dot(x_k, tl.load(dleaving_ptr + offs, mask=mask, other=0.0), PREC) * wout_k[:, None]
+        wout_k = tl.load(wout_ptr + _next_head(i_b * h + head0, j, HP, Lp) + t_k)  # a head ahead (_next_head's reason)
     for m in range(k, T // Q):  # the in-chunk term
         C_m = _load_rows(C_ptr, i_b, i_g, c * T + m * Q, l, g, N, Q, BN, i_n * BN)
         dB += _dot(tl.trans(_cb_tile(dCB_ptr, i_sp, c, m, k, num_chunks, T, Q)), C_m, PREC)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.benchmarks.gpu_compile import KERNELS, launch_field, resident_warps
+from kernels.benchmarks.gpu_compile import KERNELS, launch_field, resident_warps, waited_loads
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,53 @@ def test_default_launch_compiles_for_sm90_and_fits_its_shared_memory():
     # forward and backward: every kernel launched (_state_pass stands for _chunk_state and _state_scan when asked)
     assert {row["kernel"] for row in rows} == set(KERNELS) - {"_state_pass"}
     assert [row for row in rows if not row["fits"]] == []
+    # Every loop issues its loads ahead of the iteration that uses them (Triton's pipelining; the per-token weights
+    # by hand), except _state_scan's at scan_stages 0: the tuner's "state scan pipelined, 3 stages" does that.
+    waited = {row["kernel"]: row["waited_loads"] for row in rows if row["waited_loads"]}
+    assert set(waited) == {"_state_scan"}, waited
+
+
+def test_the_states_in_one_pass_wait_only_for_the_states_at_a_chunks_start():
+    # In reverse, _state_pass reads the forward's state at each chunk's first tile (dL/d decay) and waits for it:
+    # held from the iteration before, it cost 61 registers a thread.
+    rows = compile_for_sm90("--change", "one_pass_states=true")
+    waited = {(row["phase"], row["kernel"]): row["waited_loads"] for row in rows if row["waited_loads"]}
+    assert list(waited) == [("backward", "_state_pass")] and len(waited["backward", "_state_pass"]) == 1, waited
+
+
+# A loop (lines 20-30 of a kernel) that waits for two loads, one inlined from a helper (line 5, called at line 21),
+# and carries a third to its next iteration; a load before the loop; a branch inside it.
+TTGIR = '''#loc1 = loc("/src/triton_chunked.py":5:12)
+#loc2 = loc("/src/triton_chunked.py":21:8)
+#loc3 = loc(callsite(#loc1 at #loc2))
+#loc4 = loc("/src/triton_chunked.py":22:8)
+#loc5 = loc("w"(#loc4))
+#loc6 = loc("/src/triton_chunked.py":29:8)
+#loc7 = loc("/src/triton_chunked.py":12:4)
+module {
+  tt.func public @kernel(%arg0: !tt.ptr<f32>) {
+    %a = tt.load %p0 : tensor<64x!tt.ptr<f32>> loc(#loc7)
+    %r:2 = scf.for %i = %c0 to %c4 step %c1 iter_args(%acc = %a, %next = %a) -> (tensor<64xf32>, tensor<64xf32>) {
+      %u = tt.load %p1 : tensor<64x!tt.ptr<f32>> loc(#loc3)
+      %w = tt.load %p2 : tensor<64x!tt.ptr<f32>> loc(#loc5)
+      %s = scf.if %cond -> (tensor<64xf32>) {
+        scf.yield %u : tensor<64xf32>
+      } else {
+        scf.yield %w : tensor<64xf32>
+      } loc(#loc6)
+      %n = tt.load %p3 : tensor<64x!tt.ptr<f32>> loc(#loc6)
+      scf.yield %s, %n : tensor<64xf32>, tensor<64xf32>
+    } loc(#loc6)
+    tt.return loc(#loc7)
+  } loc(#loc7)
+} loc(#loc7)
+'''
+
+
+def test_waited_loads_reads_a_pipelined_loop_by_hand():
+    assert waited_loads(TTGIR) == [21, 22]
+    # The same loop with the loads carried from the iteration before: nothing waited.
+    assert waited_loads(TTGIR.replace("scf.yield %s, %n", "scf.yield %u, %w")) == [29]
 
 
 def test_a_launch_that_asks_too_much_shared_memory_is_reported():
