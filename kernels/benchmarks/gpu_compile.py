@@ -133,7 +133,7 @@ def waited_loads(ttgir: str) -> list[int]:
             carried = set(re.findall(r"%[\w.#]+", stripped))
             waited += [source for name, source in regions[-1][1] if name not in carried]
             regions[-1][1] = []
-        if stripped.startswith("}"):
+        if stripped.startswith("}") and regions:
             regions.pop()
         if load := re.match(r"(%[\w.#]+) = tt\.load .*loc\((#loc\d+)\)$", stripped):
             if regions and regions[-1][0]:
