@@ -79,7 +79,7 @@ module {
 
 def test_waited_loads_reads_a_pipelined_loop_by_hand():
     assert waited_loads(TTGIR) == [21, 22]
-    # The same loop with the loads carried from the iteration before: nothing waited.
+    # The same loop carrying u and w to its next iteration instead: now n is the one waited for.
     assert waited_loads(TTGIR.replace("scf.yield %s, %n", "scf.yield %u, %w")) == [29]
 
 
