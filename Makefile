@@ -86,8 +86,9 @@ leaderboard: install ## tabulate every report under RUNS (default runs/)
 bench: install ## CPU kernel benchmarks (SSD scan vs peers), results kept under kernels/benchmarks/results
 	$(PY) -m kernels.benchmarks.ssd --suite cpu --threads 1
 
-bench-compile: install ## compile the Triton kernels for an H100 here, no GPU needed: shared memory, registers, spills
+bench-compile: install ## compile ours and mamba_ssm's Triton kernels for sm_90 (no GPU): registers, spills, waits
 	env -u TRITON_INTERPRET $(PY) -m kernels.benchmarks.gpu_compile
+	env -u TRITON_INTERPRET $(PY) -m kernels.benchmarks.gpu_compile --peer
 
 bench-traffic: install ## bytes our Triton SSD scan moves vs mamba_ssm's, counted in the Triton interpreter (no GPU)
 	TRITON_INTERPRET=1 $(PY) -m kernels.benchmarks.traffic

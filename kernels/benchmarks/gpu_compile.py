@@ -4,6 +4,7 @@ and what a GPU run would fail on (shared memory) or slow down on (spills) shows 
 
     python -m kernels.benchmarks.gpu_compile                     # sm_90 (H100, H200), the launch sweep's variants
     python -m kernels.benchmarks.gpu_compile --arch 80 --default-only --json
+    python -m kernels.benchmarks.gpu_compile --peer                # mamba_ssm's kernels, every autotune config
 
 How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU tensors of the sweep's shape
 (with L cut to 4,096 tokens: the sizes Triton specialises on keep their divisibility by 16), every kernel
@@ -15,8 +16,11 @@ Triton's IR after software pipelining names the loads a loop still waits for at 
 (`waited_loads`): those its pipelining did not issue ahead. Must run without TRITON_INTERPRET.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import importlib
+import inspect
 import itertools
 import json
 import os
@@ -74,6 +78,81 @@ def record_launches(shape, dtype, launch_change, packed=False):
     return calls, launch
 
 
+def record_mamba_launches(shape, dtype):
+    """mamba_ssm's mamba_chunk_scan_combined forward and backward on CPU tensors with every kernel launch recorded,
+    not run: [(pass, JITFunction, args, kwargs, its autotuner's configs or [None], the config mamba_ssm runs
+    when it may not autotune)]. Its host code reads an autotuner's best_config after a launch; the recorder
+    answers that deterministic pick."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    from kernels.benchmarks.peers import SSD_KERNEL_MODULES, deterministic_config, host_code_on_cpu, mamba_ssm_imported
+    from kernels.benchmarks.ssd import as_leaves, make_inputs
+
+    calls, phase = [], ["forward"]
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
+            self.best_config = deterministic_config(kernel.configs) if isinstance(kernel, Autotuner) else None
+            while not isinstance(kernel, JITFunction):  # under the autotuner (and any heuristics)
+                kernel = kernel.fn
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append(
+                (phase[0], self.kernel, args, kwargs, self.configs, self.best_config))
+
+    with mamba_ssm_imported(), contextlib.ExitStack() as undo:
+        host_code_on_cpu(undo)
+        for module_name in SSD_KERNEL_MODULES:
+            module = importlib.import_module(f"mamba_ssm.ops.triton.{module_name}")
+            for name, kernel in list(vars(module).items()):
+                if isinstance(kernel, (Autotuner, JITFunction)):
+                    undo.callback(setattr, module, name, kernel)
+                    setattr(module, name, Recorder(kernel))
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        leaves = as_leaves(make_inputs(shape, dtype, "cpu"))
+        y = mamba_chunk_scan_combined(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], shape.chunk,
+                                      D=leaves["D"], dt_bias=leaves["dt_bias"], dt_softplus=True)
+        phase[0] = "backward"
+        y.float().sum().backward()
+    return calls
+
+
+def peer_report(arch: int, dtype: str, picked_only=False) -> list[dict]:
+    """mamba_ssm's kernels at the launch sweep's shape, each under every config its autotuner may pick on a GPU
+    (which one it picks there is not known here); "(deterministic pick)" marks the one it runs when it may not
+    autotune (picked_only: that one alone). Its host code runs as ours does above, on CPU tensors, every launch
+    recorded."""
+    from kernels.benchmarks.registry import SSD_GPU
+    from kernels.benchmarks.ssd import SWEEP_SHAPE, compile_cut
+
+    dtype_of = {name: dtype for dtype, name in TYPES.items()}
+    rows, seen = [], set()
+    for phase, kernel, args, kwargs, configs, picked in record_mamba_launches(compile_cut(SSD_GPU[SWEEP_SHAPE]),
+                                                                              dtype_of[dtype]):
+        for config in [picked] if picked_only else configs:
+            options = {} if config is None else dict(config.kwargs, num_warps=config.num_warps,
+                                                      num_stages=config.num_stages)
+            label = "-" if config is None else (
+                ", ".join(f"{key.removeprefix('BLOCK_SIZE_')} {value}" for key, value in config.kwargs.items())
+                + f"; {config.num_stages} stages")
+            if (phase, kernel.__name__, label) in seen:  # a kernel launched twice in one pass
+                continue
+            seen.add((phase, kernel.__name__, label))
+            shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs, **options), arch)
+            warps = options.get("num_warps", kwargs.get("num_warps", 4))
+            resident, limit = resident_warps(arch, registers, warps, shared)
+            rows.append(dict(launch=label + (" (deterministic pick)" if config is not None and config is picked
+                                              else ""), phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
+                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps,
+                             resident_warps=resident, resident_limit=limit, waited_loads=waited))
+            print(f"  mamba_ssm: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
 def compile_call(kernel, args, kwargs, arch):
     """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread, the matrix
     instruction its products became: "wgmma" (Hopper's), "mma.sync" (Ampere's) or "-" (FMA units), the source
@@ -87,11 +166,14 @@ def compile_call(kernel, args, kwargs, arch):
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
         value = values[name]
-        if name in kwargs:
+        # Triton's launcher makes None and dtypes constexprs too (mamba_ssm passes both for optional inputs).
+        if name in kwargs or i in kernel.constexprs or value is None or isinstance(value, triton.language.dtype):
             signature[name], constexprs[name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[name] = "*" + TYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are 16-byte aligned
+        elif isinstance(value, bool):
+            signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if abs(value) < 2**31 else "i64"
             if value % 16 == 0:
@@ -217,12 +299,15 @@ def launch_changes(changes: list[str]) -> tuple[dict, str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
-    parser.add_argument("--default-only", action="store_true", help="only default_launch")
+    parser.add_argument("--default-only", action="store_true",
+                        help="only default_launch (with --peer: only the config mamba_ssm runs without autotuning)")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="one launch: default_launch with these Launch fields changed (repeatable)")
     parser.add_argument("--dtype", action="append", choices=("bf16", "fp16", "fp32"),
                         help="input dtype (repeatable; default bf16)")
     parser.add_argument("--seq-idx", choices=("no", "yes", "both"), default="no", help="packed sequences")
+    parser.add_argument("--peer", action="store_true",
+                        help="mamba_ssm's kernels instead of ours, under every config of their autotuners")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON (for tests), keep no file")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -238,13 +323,18 @@ def main(argv=None):
         sweep = SSD_GPU[SWEEP_SHAPE]
         variants = {"default": {}} if args.default_only else candidates(sweep.h // sweep.g)
     packed = {"no": (False,), "yes": (True,), "both": (False, True)}[args.seq_idx]
-    rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
+    if args.peer:
+        if args.change or args.seq_idx != "no" or len(args.dtype or ()) > 1:
+            raise SystemExit("--peer compiles mamba_ssm's kernels at one dtype; it takes no --change or --seq-idx")
+        rows, changed = peer_report(args.arch, (args.dtype or ["bf16"])[0], args.default_only), "_mamba_ssm"
+    else:
+        rows = report(args.arch, variants, tuple(args.dtype or ("bf16",)), packed)
     if args.json:
         print(json.dumps(rows))
         return
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
               "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)",
-              "loads a loop waits for (triton_chunked.py lines)"]
+              f"loads a loop waits for ({'mamba_ssm' if args.peer else 'triton_chunked.py'} lines)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
               "yes" if r["fits"] else "NO", r["registers"], r["stack"],
               f"{r['resident_warps']} ({r['resident_limit']})",
@@ -258,10 +348,13 @@ def main(argv=None):
     day = datetime.date.today().isoformat()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"ssd_compile_sm{args.arch}{changed}_{day}.md"
-    path.write_text(f"# SSD Triton kernels compiled for sm_{args.arch}: {', '.join(args.dtype or ['bf16'])} inputs, "
+    whose = "mamba_ssm's mamba_chunk_scan_combined" if args.peer else "SSD"
+    dtypes = ", ".join(args.dtype or ["bf16"])
+    path.write_text(f"# {whose} Triton kernels compiled for sm_{args.arch}: {dtypes} inputs, "
                     f"the launch sweep's shape (L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
                     f"- triton {triton.__version__}, torch {torch.__version__}\n\n"
-                    f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{table}\n")
+                    f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{inspect.cleandoc(peer_report.__doc__) + chr(10) if args.peer else ''}\n"
+                    f"{table}\n")
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -77,6 +77,18 @@ def _run_kernels_in_interpreter(undo: contextlib.ExitStack):
                            "@triton.jit is evaluated")
     from triton.runtime.autotuner import Autotuner
 
+    host_code_on_cpu(undo)
+    for module_name in SSD_KERNEL_MODULES:
+        module = importlib.import_module(f"mamba_ssm.ops.triton.{module_name}")
+        for tuner in vars(module).values():
+            if isinstance(tuner, Autotuner) and len(tuner.configs) > 1:
+                undo.callback(setattr, tuner, "configs", tuner.configs)
+                tuner.configs = [deterministic_config(tuner.configs)]
+
+
+def host_code_on_cpu(undo: contextlib.ExitStack):
+    """Let mamba_ssm's host code run on CPU tensors until `undo` closes: its torch.cuda.device(index) and
+    get_device_properties(...).multi_processor_count calls (an H100's 132 SMs)."""
     cuda_device, device_properties = torch.cuda.device, torch.cuda.get_device_properties
 
     def device(index):
@@ -91,18 +103,14 @@ def _run_kernels_in_interpreter(undo: contextlib.ExitStack):
     undo.callback(setattr, torch.cuda, "device", cuda_device)
     undo.callback(setattr, torch.cuda, "get_device_properties", device_properties)
 
-    for module_name in SSD_KERNEL_MODULES:
-        module = importlib.import_module(f"mamba_ssm.ops.triton.{module_name}")
-        for tuner in vars(module).values():
-            if isinstance(tuner, Autotuner) and len(tuner.configs) > 1:
-                undo.callback(setattr, tuner, "configs", tuner.configs)
-                tuner.configs = [min(tuner.configs, key=_config_cost)]
 
-
-def _config_cost(config):
-    """mamba_ssm's measure of a config's shared memory: the product of its block sizes times its stages."""
-    blocks = 1
-    for key, value in config.kwargs.items():
-        if key.startswith("BLOCK_SIZE_"):
-            blocks *= value
-    return blocks * (config.num_stages or 1)
+def deterministic_config(configs):
+    """The config mamba_ssm runs when it may not autotune (its deterministic mode): the smallest product of block
+    sizes times pipeline stages, its measure of shared memory."""
+    def cost(config):
+        blocks = 1
+        for key, value in config.kwargs.items():
+            if key.startswith("BLOCK_SIZE_"):
+                blocks *= value
+        return blocks * (config.num_stages or 1)
+    return min(configs, key=cost)

@@ -4,6 +4,7 @@ The first GPU run failed on exactly that (the backward asked 262 KB where the H1
 interpreter test can see. Triton's wheel ships ptxas, so the compile needs no GPU; it runs in a fresh
 process because tests/conftest.py turns on the interpreter, which compiles nothing.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -81,6 +82,27 @@ def test_waited_loads_reads_a_pipelined_loop_by_hand():
     assert waited_loads(TTGIR) == [21, 22]
     # The same loop carrying u and w to its next iteration instead: now n is the one waited for.
     assert waited_loads(TTGIR.replace("scf.yield %s, %n", "scf.yield %u, %w")) == [29]
+
+
+def test_mamba_ssms_kernels_compile_and_their_loops_wait_for_loads_too():
+    # The peer's kernels, at the configs it runs without autotuning: each compiles and fits, and Triton leaves
+    # loads in their loops too, among them the x tile of _chunk_scan_fwd_kernel's in-chunk loop, a product's
+    # operand. (mamba_ssm runs its bytes near copy bandwidth on a GPU all the same.)
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None:
+        pytest.skip("mamba-ssm is not installed (make install installs it)")
+    rows = compile_for_sm90("--peer", "--default-only")
+    assert all(row["fits"] and "deterministic pick" in row["launch"] for row in rows)
+    assert {"_chunk_scan_fwd_kernel", "_chunk_scan_chunk_state_bwd_dx_kernel", "_state_passing_bwd_kernel"} <= {
+        row["kernel"] for row in rows}
+    # Its source's line numbers, found by reading it (importing mamba_ssm here would need its CUDA extension).
+    source = (Path(spec.submodule_search_locations[0]) / "ops" / "triton" / "ssd_chunk_scan.py").read_text()
+    lines = source.splitlines()
+    kernel = lines.index("def _chunk_scan_fwd_kernel(")
+    loop = next(i for i in range(kernel, len(lines)) if "for k in range(0, K_MAX" in lines[i])
+    x_load = 1 + next(i for i in range(loop, len(lines)) if lines[i].strip().startswith("x = tl.load"))
+    scan = next(row for row in rows if row["kernel"] == "_chunk_scan_fwd_kernel")
+    assert x_load in scan["waited_loads"], (x_load, scan)
 
 
 def test_a_launch_that_asks_too_much_shared_memory_is_reported():
