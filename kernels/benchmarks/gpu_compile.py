@@ -4,7 +4,7 @@ and what a GPU run would fail on (shared memory) or slow down on (spills) shows 
 
     python -m kernels.benchmarks.gpu_compile                     # sm_90 (H100, H200), the launch sweep's variants
     python -m kernels.benchmarks.gpu_compile --arch 80 --default-only --json
-    python -m kernels.benchmarks.gpu_compile --peer                # mamba_ssm's kernels, every autotune config
+    python -m kernels.benchmarks.gpu_compile --peer              # mamba_ssm's kernels, every autotune config
 
 How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU tensors of the sweep's shape
 (with L cut to 4,096 tokens: the sizes Triton specialises on keep their divisibility by 16), every kernel
@@ -350,11 +350,10 @@ def main(argv=None):
     path = args.out_dir / f"ssd_compile_sm{args.arch}{changed}_{day}.md"
     whose = "mamba_ssm's mamba_chunk_scan_combined" if args.peer else "SSD"
     dtypes = ", ".join(args.dtype or ["bf16"])
+    how = __doc__.split("\n\n", 1)[1] + ("\n" + inspect.cleandoc(peer_report.__doc__) + "\n" if args.peer else "")
     path.write_text(f"# {whose} Triton kernels compiled for sm_{args.arch}: {dtypes} inputs, "
                     f"the launch sweep's shape (L cut to 4,096)\n\n- command: `{command}`\n- date: {day}\n"
-                    f"- triton {triton.__version__}, torch {torch.__version__}\n\n"
-                    f"{__doc__.split(chr(10) + chr(10), 1)[1]}\n{inspect.cleandoc(peer_report.__doc__) + chr(10) if args.peer else ''}\n"
-                    f"{table}\n")
+                    f"- triton {triton.__version__}, torch {torch.__version__}\n\n{how}\n{table}\n")
     print(f"wrote {path}", file=sys.stderr)
 
 
