@@ -142,15 +142,21 @@ def peer_report(arch: int, dtype: str, picked_only=False) -> list[dict]:
             if (phase, kernel.__name__, label) in seen:  # a kernel launched twice in one pass
                 continue
             seen.add((phase, kernel.__name__, label))
-            shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs, **options), arch)
-            warps = options.get("num_warps", kwargs.get("num_warps", 4))
-            resident, limit = resident_warps(arch, registers, warps, shared)
-            rows.append(dict(launch=label + (" (deterministic pick)" if config is not None and config is picked
-                                              else ""), phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
-                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps,
-                             resident_warps=resident, resident_limit=limit, waited_loads=waited))
+            if config is not None and config is picked:
+                label += " (deterministic pick)"
+            rows.append(compiled_row(label, phase, kernel, args, dict(kwargs, **options), arch))
             print(f"  mamba_ssm: {rows[-1]}", file=sys.stderr)
     return rows
+
+
+def compiled_row(label, phase, kernel, args, kwargs, arch) -> dict:
+    """One recorded launch compiled for cuda:arch, as a row of the table (kwargs with its launch options)."""
+    warps = kwargs.get("num_warps", 4)
+    shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs), arch)
+    resident, limit = resident_warps(arch, registers, warps, shared)
+    return dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared, registers=registers,
+                stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps, resident_warps=resident,
+                resident_limit=limit, waited_loads=waited)
 
 
 def compile_call(kernel, args, kwargs, arch):
@@ -264,12 +270,7 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
             print(f"  {label}: skipped: {error}", file=sys.stderr)
             continue
         for phase, kernel, args, kwargs in calls:
-            shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs), arch)
-            warps = kwargs.get("num_warps", 4)
-            resident, limit = resident_warps(arch, registers, warps, shared)
-            rows.append(dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared,
-                             registers=registers, stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps,
-                             resident_warps=resident, resident_limit=limit, waited_loads=waited))
+            rows.append(compiled_row(label, phase, kernel, args, kwargs, arch))
             print(f"  {label}: {rows[-1]}", file=sys.stderr)
     return rows
 

@@ -411,6 +411,12 @@ def _next_head(i_bh0, j, HP: tl.constexpr, Lp):
 
 
 @triton.jit
+def _tile_pair_weights(cum_ptr, dt_ptr, tok, t_m, t_k):
+    """A head's cum at rows t_m and at columns t_k, and its dt at the columns: what its dM tile is scaled by."""
+    return tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), tl.load(dt_ptr + tok + t_k)
+
+
+@triton.jit
 def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcum_ptr,
                    l, Lp, h, g, P, N, num_chunks,
                    T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, HP: tl.constexpr,
@@ -431,17 +437,15 @@ def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcu
         CB = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)
         dCB = tl.zeros((Q, Q), tl.float32)
         seq_m, seq_k = _seq_ids(seq_ptr, i_b * Lp, t_m, HAS_SEQ), _seq_ids(seq_ptr, i_b * Lp, t_k, HAS_SEQ)
-        tok = (i_b * h + head0) * Lp
-        cum_m, cum_k, dt_k = tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), tl.load(dt_ptr + tok + t_k)
+        cum_m, cum_k, dt_k = _tile_pair_weights(cum_ptr, dt_ptr, (i_b * h + head0) * Lp, t_m, t_k)
         for j in range(HP):
             i_bh = i_b * h + head0 + j
             dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
             x_k = _load_rows(x_ptr, i_b, head0 + j, c * T + k * Q, l, h, P, Q, BP, 0)
             decay = _in_chunk_decay(cum_m, cum_k, _in_chunk_keep(t_m, t_k, seq_m, seq_k, HAS_SEQ))
             dM_decay_dt = _dot(dy_m, tl.trans(x_k), PREC) * decay * dt_k[None, :]
-            # The next head's cum and dt, a head ahead (_next_head's reason).
-            tok = _next_head(i_b * h + head0, j, HP, Lp)
-            cum_m, cum_k, dt_k = tl.load(cum_ptr + tok + t_m), tl.load(cum_ptr + tok + t_k), tl.load(dt_ptr + tok + t_k)
+            # The next head's, a head ahead (_next_head's reason).
+            cum_m, cum_k, dt_k = _tile_pair_weights(cum_ptr, dt_ptr, _next_head(i_b * h + head0, j, HP, Lp), t_m, t_k)
             tl.store(dcum_ptr + (i_bh * (T // Q) + k) * Lp + t_m, tl.sum(dM_decay_dt * CB, 1))
             dCB += dM_decay_dt
         rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)

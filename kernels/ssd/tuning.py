@@ -277,11 +277,16 @@ def _seconds(name, run, device) -> float:
 _tuner: Tuner | None = None
 
 
+def cache_path() -> Path:
+    """The file LONGWATCH_SSD_TUNE_CACHE names, else DEFAULT_CACHE."""
+    return Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE))
+
+
 def tuner() -> Tuner:
-    """The process's Tuner, on the file LONGWATCH_SSD_TUNE_CACHE names (default DEFAULT_CACHE)."""
+    """The process's Tuner, on cache_path()."""
     global _tuner
     if _tuner is None:
-        _tuner = Tuner(Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE)))
+        _tuner = Tuner(cache_path())
     return _tuner
 
 
@@ -317,7 +322,7 @@ def main(argv=None):
                              f"{list(candidates(1))}")
         pick = lambda heads_per_group: {name: change for name, change in candidates(heads_per_group).items()
                                         if name == "default" or name in args.only}
-    path = args.cache or Path(os.environ.get("LONGWATCH_SSD_TUNE_CACHE", DEFAULT_CACHE))
+    path = args.cache or cache_path()
     chosen = Tuner(path, pick)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     keys = []
