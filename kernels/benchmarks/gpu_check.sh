@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call: a launch-config sweep of our kernels, the GPU SSD benchmark (with the sweep's fastest launch
 # and our scan tuned at each shape), the GPU test tier of kernels/ (and of the Mamba-2 LM on them) and Nsight
-# Compute's counters for one step; results under $OUT (seven files).
+# Compute's counters for one step of ours, and of mamba_ssm's if time is left; results under $OUT (up to eight
+# files).
 #
-#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (its steps: 550 s at most)
+#   bash kernels/benchmarks/gpu_check.sh            # from the repo root, on a CUDA machine (575 s at most)
 #
 # mamba_ssm is the benchmark's peer. If it is not installed, it is installed pure-Python
 # (its Triton kernels are all we compare against) from the sdist carried with the tree;
@@ -15,6 +16,9 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-kernels/benchmarks/results}
 MAMBA_SDIST=${MAMBA_SDIST:-kernels/benchmarks/vendor/mamba_ssm-2.3.2.post1.tar.gz}
+# The whole script's limit: a device call may run 600 s. Steps 1-4 have their own limits (550 s in all); step 5
+# runs only in what they leave.
+BUDGET=${GPU_CHECK_SECONDS:-575}
 mkdir -p "$OUT"
 
 "$PYTHON" -c "import torch, triton; assert torch.cuda.is_available(), 'gpu_check.sh needs CUDA'; \
@@ -63,5 +67,17 @@ if command -v ncu >/dev/null; then
     timeout 60 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step.csv" \
         "$PYTHON" -m kernels.benchmarks.ssd --suite step || echo "gpu_check.sh: ncu failed, see $OUT/ncu_step.csv" >&2
+fi
+
+# 5. The same counters for mamba_ssm's step, to read beside ours kernel by kernel: its kernels ran at 77% of copy
+#    bandwidth where ours ran at a quarter (session 9). Only in the time steps 1-4 left.
+left=$((BUDGET - SECONDS))
+if command -v ncu >/dev/null && [ "$left" -ge 40 ]; then
+    timeout "$left" ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step_mamba_ssm.csv" \
+        "$PYTHON" -m kernels.benchmarks.ssd --suite step --impl mamba_chunk_scan_combined \
+        || echo "gpu_check.sh: ncu of mamba_ssm's step failed or ran out of time, see $OUT/ncu_step_mamba_ssm.csv" >&2
+else
+    echo "gpu_check.sh: ${left} s left of ${BUDGET}; no Nsight Compute counters for mamba_ssm's step" >&2
 fi
 exit $status

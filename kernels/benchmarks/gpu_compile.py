@@ -8,8 +8,8 @@ and what a GPU run would fail on (shared memory) or slow down on (spills) shows 
 
 How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU tensors of the sweep's shape
 (with L cut to 4,096 tokens: the sizes Triton specialises on keep their divisibility by 16), every kernel
-launch replaced by a recorder. Each recorded call is compiled for the target as Triton's launcher would
-(pointers aligned to 16 bytes and integers divisible by 16 marked so),
+launch replaced by a recorder. Each recorded call is compiled for the target as Triton's launcher would,
+by its own specialisation (integers equal to 1 made constants; pointers and integers divisible by 16 marked so),
 and cuobjdump reads the registers and stack of the cubin. From registers, warps and shared memory, CUDA's
 occupancy rules give the warps an SM keeps resident: the loads of a memory-bound kernel wait behind them.
 Triton's IR after software pipelining names the loads a loop still waits for at every iteration
@@ -168,32 +168,42 @@ def compile_call(kernel, args, kwargs, arch):
     from triton.compiler import ASTSource
 
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
-    values = dict(zip(kernel.arg_names, args)) | kwargs
-    signature, constexprs, attrs = {}, {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        value = values[name]
-        # Triton's launcher makes None and dtypes constexprs too (mamba_ssm passes both for optional inputs).
-        if name in kwargs or i in kernel.constexprs or value is None or isinstance(value, triton.language.dtype):
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + TYPES[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are 16-byte aligned
-        elif isinstance(value, bool):
-            signature[name] = "i1"
-        elif isinstance(value, int):
-            signature[name] = "i32" if abs(value) < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            raise TypeError(f"kernels.benchmarks.gpu_compile: {kernel.__name__} argument {name} = {value!r}")
+    signature, constexprs, attrs = launcher_signature(kernel, args, kwargs)
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                               options=options)
     registers, stack = _resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
     return compiled.metadata.shared, registers, stack, mma, waited_loads(compiled.asm["ttgir"])
+
+
+def launcher_signature(kernel, args, kwargs) -> tuple[dict, dict, dict]:
+    """What Triton's launcher compiles a JITFunction for, called with `args` and `kwargs` (no launch options):
+    each argument's type ("constexpr" for a constexpr), the constexprs' values, and the attributes by argument
+    index. The launcher's own specialisation: None, dtypes and integers equal to 1 become constexprs; integers
+    and pointers divisible by 16 are marked so."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    values = dict(zip(kernel.arg_names, args)) | kwargs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        value = values[name]
+        if param.is_constexpr:
+            signature[name], constexprs[name] = "constexpr", value
+            continue
+        if param.annotation_type:
+            raise NotImplementedError(f"kernels.benchmarks.gpu_compile: {kernel.__name__} argument {name} is "
+                                      f"annotated {param.annotation_type!r}; the launcher's handling of "
+                                      "annotations is not mirrored here")
+        kind, spec = native_specialize_impl(CUDABackend, value, param.is_const, not param.do_not_specialize,
+                                            not param.do_not_specialize_on_alignment)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = value
+        elif spec:
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    return signature, constexprs, attrs
 
 
 def waited_loads(ttgir: str) -> list[int]:

@@ -6,6 +6,7 @@
     python -m kernels.benchmarks.ssd --suite gpu --launch-from results/ssd_launch_best.json   # + the sweep's best
     python -m kernels.benchmarks.ssd --suite gpu --tuned    # + our scan tuned per shape (kernels.ssd.tuning)
     ncu --profile-from-start off python -m kernels.benchmarks.ssd --suite step   # one step, for a GPU profiler
+    ncu --profile-from-start off python -m kernels.benchmarks.ssd --suite step --impl mamba_chunk_scan_combined
     TRITON_INTERPRET=1 python -m kernels.benchmarks.ssd --suite gpu --tiny   # the GPU script, proven on a CPU
 
 Time: the fastest of `--reps` runs after one warm-up run (CUDA: synchronized); the
@@ -232,10 +233,13 @@ def ideal_bytes(inputs, mode) -> int:
     return io + y if mode == "fwd" else 2 * (io + y)
 
 
-def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None) -> tuple[list[str], list[list[str]]]:
-    """Ours and mamba_chunk_scan_combined at each shape, timed, and their y and gradients compared.
-    `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more column;
-    `tuner` (a kernels.ssd.tuning.Tuner) our scan under the launch it tunes for each shape and mode."""
+def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
+              on_shape=lambda header, rows, profiles: None) -> tuple[list[str], list[list[str]], str]:
+    """Ours and mamba_chunk_scan_combined at each shape, timed, and their y and gradients compared: the table's
+    header and rows, then markdown of where each spends a step (step_profiles) at the sweep's shape and the
+    longest. `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more
+    column; `tuner` (a kernels.ssd.tuning.Tuner) our scan under the launch it tunes for each shape and mode.
+    `on_shape` gets what is measured so far after each shape."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if tiny and device == "cuda":
         raise SystemExit("kernels.benchmarks.ssd: --tiny is the interpreter proof; drop it on a GPU")
@@ -251,29 +255,33 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None) -> t
         impls = {f"triton ({swept['name']})": lambda shape: triton_launched(shape, swept["change"]), **impls}
     if tuner is not None:
         impls = {"triton (tuned per shape)": lambda shape: triton_tuned(shape, tuner), **impls}
-    rows = []
+    profiled = {SWEEP_SHAPE, list(shapes)[-1]}
+    rows, profiles = [], []
     with contextlib.ExitStack() as stack:
         if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
             if mamba_ssm_installed():
                 stack.enter_context(mamba_ssm_imported(interpreted=True))
             else:
                 del impls[PEER]
+        ours = [i for i in impls if i != PEER]
+        header = (["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in ours + [PEER]]
+                  + [f"speedup {i} vs mamba" for i in ours]
+                  + [f"normwise relative diff vs mamba ({' / '.join(ours)}): y, worst gradient"])
+        header[-2] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
         for shape in shapes.values():
-            rows += _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw)
-    ours = [i for i in impls if i != PEER]
-    header = (["shape", "mode"] + [f"{i}: ms / peak MiB / GB/s (% of copy)" for i in ours + [PEER]]
-              + [f"speedup {i} vs mamba" for i in ours]
-              + [f"normwise relative diff vs mamba ({' / '.join(ours)}): y, worst gradient"])
-    header[-2] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
-    return header, rows
+            inputs = make_inputs(shape, dtype, device)
+            fns = {name: make(shape) for name, make in impls.items()}
+            rows += _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw)
+            if shape.name in profiled:  # our default launch beside mamba_ssm, both compiled (and tuned) by now
+                profiles.append(step_profiles(shape, inputs, {i: fns[i] for i in GPU_IMPLS if i in fns}, device))
+            on_shape(header, rows, "\n".join(profiles))
+    return header, rows, "\n".join(profiles)
 
 
-def _gpu_rows(shape, impls, dtype, device, reps, sync, copy_bw) -> list[list[str]]:
-    """One shape's fwd and fwd+bwd rows: each implementation timed, with peak memory and bandwidth, and its
-    y (fwd row) or its gradients (fwd+bwd row) against mamba_ssm's."""
+def _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw) -> list[list[str]]:
+    """One shape's fwd and fwd+bwd rows: each implementation in `fns` timed, with peak memory and bandwidth,
+    and its y (fwd row) or its gradients (fwd+bwd row) against mamba_ssm's."""
     rows = []
-    inputs = make_inputs(shape, dtype, device)
-    fns = {name: make(shape) for name, make in impls.items()}
     ours = [i for i in fns if i != PEER]
     for mode in MODES:
         point, diffs = {}, {}
@@ -361,8 +369,7 @@ def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[
         print(f"  {shape.name} {launch}: {seconds[name]} rel. max diff {err:.1e}", file=sys.stderr)
 
         if name in PROFILED_VARIANTS:
-            print(f"  kernel times, {name}:", file=sys.stderr)
-            print_kernel_times(runner(fn, inputs, "fwd+bwd"), device)
+            print_kernel_times(runner(fn, inputs, "fwd+bwd"), device, name)
 
         def cell(mode, speedup=False):
             t, t0 = seconds[name].get(mode), seconds["default"].get(mode)
@@ -428,14 +435,15 @@ def _compile_variant(change: dict) -> str:
         return f"{type(error).__name__}: {error}"
 
 
-def profiled_step():
-    """One forward + backward of our scan (default launch) at the sweep's shape between cudaProfilerStart and
-    Stop, after a warm-up that compiles: for `ncu --profile-from-start off` (gpu_check.sh), whose counters say
-    why a kernel runs below copy bandwidth (occupancy, stalls, DRAM throughput)."""
+def profiled_step(impl: str = "triton"):
+    """One forward + backward of `impl` (ours at its default launch, or mamba_ssm's) at the sweep's shape between
+    cudaProfilerStart and Stop, after a warm-up that compiles (and autotunes): for `ncu --profile-from-start off`
+    (gpu_check.sh), whose counters say why a kernel runs below copy bandwidth (occupancy, stalls, DRAM
+    throughput), ours and mamba_ssm's alike."""
     if not torch.cuda.is_available():
         raise SystemExit("kernels.benchmarks.ssd: --suite step profiles a GPU run; it needs CUDA")
     shape = SSD_GPU[SWEEP_SHAPE]
-    run = runner(triton_launched(shape, {}), make_inputs(shape, torch.bfloat16, "cuda"), "fwd+bwd")
+    run = runner(implementation(impl, shape), make_inputs(shape, torch.bfloat16, "cuda"), "fwd+bwd")
     run()
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
@@ -444,20 +452,89 @@ def profiled_step():
     torch.cuda.profiler.stop()
 
 
-def print_kernel_times(run, device):
-    """Where one forward + backward spends its time, kernel by kernel (torch.profiler), to stderr: the
-    next tuning step starts from the slowest kernel."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+def step_profiles(shape, inputs, fns, device) -> str:
+    """Markdown: for each mode, the kernel_table of one run of each of `fns` at `shape`."""
+    tables = []
+    for mode in MODES:
+        times = {impl: kernel_times(runner(fn, inputs, mode), device) for impl, fn in fns.items()}
+        tables.append(f"### {shape.name}, {mode}\n\n{markdown(*kernel_table(times))}\n")
+    return "\n".join(tables)
+
+
+STEP_PROFILES = ("torch.profiler, one run after the timed ones; our scan at its default launch. On a CPU: the "
+                 "Triton kernels in the interpreter, whose times say nothing about a GPU")
+
+
+def print_kernel_times(run, device, name):
+    """Where one forward + backward spends its time, kernel by kernel, to stderr: the next tuning step starts
+    from the slowest kernel."""
+    print(f"  kernel times, {name}:\n" + markdown(*kernel_table({name: kernel_times(run, device)})), file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- where a step's time goes
+@contextlib.contextmanager
+def _interpreted_launches_named(names: set):
+    """Under the Triton interpreter, each kernel launch as a torch.profiler range named after its kernel, the
+    name added to `names`. (A compiled launch is a CUDA kernel, which the profiler names itself.)"""
+    from triton.runtime.interpreter import InterpretedFunction
+    run = InterpretedFunction.run
+
+    def named_run(self, *args, **kwargs):
+        names.add(self.__name__)
+        with torch.profiler.record_function(self.__name__):
+            return run(self, *args, **kwargs)
+    InterpretedFunction.run = named_run
     try:
-        with profile(activities=activities) as prof:
+        yield
+    finally:
+        InterpretedFunction.run = run
+
+
+def kernel_times(run, device) -> dict[str, tuple[int, float]]:
+    """One call of `run` under torch.profiler: {kernel: (launches, seconds)}. On CUDA every kernel the call
+    launches, torch's own (elementwise ops, reductions) included; on a CPU the Triton kernels, interpreted (their
+    times are the interpreter's). {} with a warning if the profiler fails: it must not cost a benchmark."""
+    from torch.profiler import ProfilerActivity, profile
+    names = set()
+    try:
+        with contextlib.ExitStack() as stack:
+            if device == "cuda":
+                prof = stack.enter_context(profile(activities=[ProfilerActivity.CUDA]))
+            else:
+                stack.enter_context(_interpreted_launches_named(names))
+                prof = stack.enter_context(profile(activities=[ProfilerActivity.CPU]))
             run()
             if device == "cuda":
                 torch.cuda.synchronize()
-        sort_by = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort_by, row_limit=20), file=sys.stderr)
-    except Exception as error:  # a profiler that fails must not cost the sweep's timings
+        if device == "cuda":
+            return {e.key: (e.count, e.self_device_time_total / 1e6) for e in prof.key_averages()
+                    if e.self_device_time_total > 0}
+        return {e.key: (e.count, e.cpu_time_total / 1e6) for e in prof.key_averages() if e.key in names}
+    except Exception as error:  # noqa: BLE001 - see the docstring
         print(f"kernels.benchmarks.ssd: no kernel times ({type(error).__name__}: {error})", file=sys.stderr)
+        return {}
+
+
+def kernel_table(times: dict[str, dict[str, tuple[int, float]]]) -> tuple[list[str], list[list[str]]]:
+    """Implementations' kernel_times side by side ({impl: {kernel: (launches, seconds)}}), each ranked slowest
+    first with its share of all its kernels' time; the last row sums them."""
+    ranked = {impl: sorted(t.items(), key=lambda item: -item[1][1]) for impl, t in times.items()}
+    totals = {impl: sum(seconds for _, seconds in t.values()) for impl, t in times.items()}
+    header = [f"{impl}: {column}" for impl in times for column in ("kernel", "launches", "us", "% of all")]
+    rows = []
+    for rank in range(max(map(len, ranked.values()), default=0)):
+        row = []
+        for impl, kernels in ranked.items():
+            if rank < len(kernels):
+                kernel, (launches, seconds) = kernels[rank]
+                share = 100 * seconds / (totals[impl] or 1)
+                row += [f"`{kernel}`", str(launches), f"{seconds * 1e6:.1f}", f"{share:.1f}"]
+            else:
+                row += [""] * 4
+        rows.append(row)
+    rows.append([cell for impl in times for cell in
+                 ("all kernels", str(sum(n for n, _ in times[impl].values())), f"{totals[impl] * 1e6:.1f}", "100.0")])
+    return header, rows
 
 
 def _gpu_cell(p, copy_bw):
@@ -503,6 +580,7 @@ def main(argv=None):
     parser.add_argument("--tuned", action="store_true",
                         help="gpu suite: also time our scan under the launch kernels.ssd.tuning picks at each shape "
                              "(tuned afresh, not read from a cache file), and list what it picked")
+    parser.add_argument("--impl", choices=GPU_IMPLS, default="triton", help="step suite: whose step to profile")
     parser.add_argument("--point", nargs=3, metavar=("IMPL", "SHAPE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -516,40 +594,51 @@ def main(argv=None):
     if args.suite is None:
         parser.error("--suite is required")
     if args.suite == "step":
-        profiled_step()
+        profiled_step(args.impl)
         return
     command = "python -m kernels.benchmarks.ssd " + " ".join(argv if argv is not None else sys.argv[1:])
     load_before = os.getloadavg()[0]  # a shared machine's load is part of what the numbers mean
-    extra = ""
     if args.suite == "cpu":
-        header, rows = cpu_suite(args.reps or 3, args.naive_reps, args.threads)
         hw = "cpu"
-    else:
-        reps = args.reps or (2 if args.tiny else 10)
-        if args.suite == "gpu":
-            swept = json.loads(args.launch_from.read_text()) if args.launch_from else None
-            tuner = Tuner(path=None, progress=False) if args.tuned else None
-            header, rows = gpu_suite(args.tiny, reps, swept, tuner)
-            if tuner is not None:
-                extra = f"\n## The launch tuned per shape (kernels.ssd.tuning)\n\n{tuner.table()}\n"
-        else:
-            args.out_dir.mkdir(parents=True, exist_ok=True)
-            header, rows = launch_sweep(args.tiny, reps, args.out_dir / BEST_LAUNCH)
-        hw = "interpreter-tiny" if args.tiny else torch.cuda.get_device_name().replace(" ", "-")
-        hw = hw if args.suite == "gpu" else f"launch_{hw}"
-    table = markdown(header, rows)
+    else:  # gpu_suite and launch_sweep say so where a GPU suite is run on a CPU without --tiny
+        hw = "interpreter-tiny" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
+        hw = hw.replace(" ", "-") if args.suite == "gpu" else f"launch_{hw.replace(' ', '-')}"
     day = datetime.date.today().isoformat()
-    env = "TRITON_INTERPRET=1 " if os.environ.get("TRITON_INTERPRET") == "1" else ""
-    text = (f"# SSD scan benchmark, {args.suite} suite{' (tiny, Triton interpreter)' if args.tiny else ''}\n\n"
+    path = args.out_dir / f"ssd_{hw}_{day}.md"
+
+    def report(header, rows, extra="", cut_short=False) -> str:
+        """Write the results file; return its table and `extra` (markdown after it)."""
+        table = markdown(header, rows)
+        env = "TRITON_INTERPRET=1 " if os.environ.get("TRITON_INTERPRET") == "1" else ""
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"# SSD scan benchmark, {args.suite} suite{' (tiny, Triton interpreter)' if args.tiny else ''}\n\n"
             f"- command: `{env}{command}`\n- machine: {machine()}\n- date: {day}\n"
             f"- 1-minute load average at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f}\n"
             f"- torch {torch.__version__}\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n"
             + ("**This run proves the script's code path on a CPU. Interpreter times say nothing about a GPU, "
-               "and neither do their ratios.**\n\n" if args.tiny else "") + f"{table}\n{extra}")
-    print(table + extra)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"ssd_{hw}_{day}.md"
-    path.write_text(text)
+               "and neither do their ratios.**\n\n" if args.tiny else "")
+            + ("**Written while the run went on: if this line is still here, it stopped before its last "
+               "shape.**\n\n" if cut_short else "") + f"{table}\n{extra}")
+        return table + extra
+
+    if args.suite == "cpu":
+        print(report(*cpu_suite(args.reps or 3, args.naive_reps, args.threads)))
+    elif args.suite == "launch":
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        print(report(*launch_sweep(args.tiny, reps=args.reps or (2 if args.tiny else 10),
+                                   best_path=args.out_dir / BEST_LAUNCH)))
+    else:
+        swept = json.loads(args.launch_from.read_text()) if args.launch_from else None
+        tuner = Tuner(path=None, progress=False) if args.tuned else None
+
+        def after_table(profiles):
+            tuned = f"\n## The launch tuned per shape (kernels.ssd.tuning)\n\n{tuner.table()}\n" if tuner else ""
+            return tuned + f"\n## Where a step's time goes ({STEP_PROFILES})\n\n{profiles}"
+        header, rows, profiles = gpu_suite(
+            args.tiny, args.reps or (2 if args.tiny else 10), swept, tuner,
+            on_shape=lambda header, rows, profiles: report(header, rows, after_table(profiles), cut_short=True))
+        print(report(header, rows, after_table(profiles)))
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -53,7 +53,7 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
         # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
         # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
-        # maxnreg), 16 resident, and only _chunk_grad_C spills, 64 B a thread.
+        # maxnreg), 16 resident, and only _chunk_grad_C spills, 56 B a thread.
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
@@ -72,7 +72,7 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
         # default's forward timed it at 1.33-1.50 ms.
         "forward Q 32": dict(Q=32),
-        # At Q 32: 96-215 registers and 8-20 resident warps, no spills, on mma.sync instead of wgmma.
+        # At Q 32: 124-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
         # Or _state_scan with the next chunks' loads issued before this chunk's carry is done (tl.range's software
         # pipelining: sm_90 code then stages them in shared memory). A block of 256 ran the forward 1.08x faster

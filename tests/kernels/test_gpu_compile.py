@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import triton.language as tl
+from triton.runtime.jit import JITFunction
 
-from kernels.benchmarks.gpu_compile import KERNELS, launch_field, resident_warps, waited_loads
+from kernels.benchmarks.gpu_compile import KERNELS, launch_field, launcher_signature, resident_warps, waited_loads
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,25 +87,26 @@ def test_waited_loads_reads_a_pipelined_loop_by_hand():
     assert waited_loads(TTGIR.replace("scf.yield %s, %n", "scf.yield %u, %w")) == [29]
 
 
-def test_mamba_ssms_kernels_compile_and_their_loops_wait_for_loads_too():
-    # The peer's kernels, at the configs it runs without autotuning: each compiles and fits, and Triton leaves
-    # loads in their loops too, among them the x tile of _chunk_scan_fwd_kernel's in-chunk loop, a product's
-    # operand. (mamba_ssm runs its bytes near copy bandwidth on a GPU all the same.)
+def test_mamba_ssms_kernels_compile_and_pipeline_their_products_operands():
+    # The peer's kernels, at the configs it runs without autotuning, compiled as its launches compile: each fits,
+    # the x tile of _chunk_scan_fwd_kernel's in-chunk loop is issued ahead (its strides of 1 are constants to the
+    # launcher; compiled as runtime integers, session 13 found it waited for), and the state passing's loop
+    # waits for each chunk's state, as ours does.
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None:
         pytest.skip("mamba-ssm is not installed (make install installs it)")
     rows = compile_for_sm90("--peer", "--default-only")
     assert all(row["fits"] and "deterministic pick" in row["launch"] for row in rows)
+    kernels = {(row["phase"], row["kernel"]): row for row in rows}
     assert {"_chunk_scan_fwd_kernel", "_chunk_scan_chunk_state_bwd_dx_kernel", "_state_passing_bwd_kernel"} <= {
-        row["kernel"] for row in rows}
+        kernel for _, kernel in kernels}
+    assert kernels["forward", "_chunk_scan_fwd_kernel"]["waited_loads"] == []
     # Its source's line numbers, found by reading it (importing mamba_ssm here would need its CUDA extension).
-    source = (Path(spec.submodule_search_locations[0]) / "ops" / "triton" / "ssd_chunk_scan.py").read_text()
-    lines = source.splitlines()
-    kernel = lines.index("def _chunk_scan_fwd_kernel(")
-    loop = next(i for i in range(kernel, len(lines)) if "for k in range(0, K_MAX" in lines[i])
-    x_load = 1 + next(i for i in range(loop, len(lines)) if lines[i].strip().startswith("x = tl.load"))
-    scan = next(row for row in rows if row["kernel"] == "_chunk_scan_fwd_kernel")
-    assert x_load in scan["waited_loads"], (x_load, scan)
+    source = Path(spec.submodule_search_locations[0]) / "ops" / "triton" / "ssd_state_passing.py"
+    lines = source.read_text().splitlines()
+    kernel = lines.index("def _state_passing_fwd_kernel(")
+    state_load = 1 + next(i for i in range(kernel, len(lines)) if lines[i].strip().startswith("new_states = tl.load"))
+    assert state_load in kernels["forward", "_state_passing_fwd_kernel"]["waited_loads"]
 
 
 def test_a_launch_that_asks_too_much_shared_memory_is_reported():
@@ -133,3 +137,18 @@ def test_launch_field_parses_each_fields_type():
         launch_field("states_16bit=1")
     with pytest.raises(SystemExit, match="FIELD one of"):
         launch_field("grad_q=32")
+
+
+def _kernel(x_ptr, n, groups, heads_per_group, scale, flag, bias_ptr, BLOCK: tl.constexpr):
+    pass
+
+
+def test_launcher_signature_specialises_as_triton_launches():
+    # A shape's g = 1 compiles as a constant (what the launcher does); compiled as an i32 it gave _chunk_grad_C
+    # a spill the GPU never runs.
+    signature, constexprs, attrs = launcher_signature(JITFunction(_kernel), (torch.zeros(8), 64, 1, 5, 0.5, True), dict(
+        bias_ptr=None, BLOCK=32))
+    assert signature == dict(x_ptr="*fp32", n="i32", groups="constexpr", heads_per_group="i32", scale="fp32",
+                             flag="u1", bias_ptr="constexpr", BLOCK="constexpr")
+    assert constexprs == dict(groups=1, bias_ptr=None, BLOCK=32)
+    assert attrs == {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}

@@ -4,7 +4,8 @@ import torch
 
 from kernels.benchmarks.registry import SSD_CPU, SSD_GPU, SSD_GPU_TINY, SSDShape, parse_shape
 from kernels.benchmarks.ssd import (PROFILED_VARIANTS, combined_launch, compiled_shapes, fastest_launch, implementation,
-                                    make_inputs, outputs, triton_launched, triton_tuned, worst_difference)
+                                    kernel_table, kernel_times, make_inputs, outputs, runner, triton_launched,
+                                    triton_tuned, worst_difference)
 from kernels.ssd.tuning import Tuner, candidates
 
 
@@ -108,3 +109,41 @@ def test_combined_launch_joins_the_fastest_forward_and_the_fastest_step():
 def test_the_profiled_variants_are_swept():
     # A renamed variant would silently lose its kernel times in the sweep's log.
     assert set(PROFILED_VARIANTS) <= set(candidates(heads_per_group=80))
+
+
+def test_kernel_times_name_every_interpreted_kernel_of_a_step():
+    # The GPU suite's "where a step's time goes": on a CPU the interpreted launches, named as CUDA names kernels.
+    from triton.runtime.interpreter import InterpretedFunction
+    run_before = InterpretedFunction.run
+    shape = SSD_GPU_TINY["B1_L40_H2_P16_N16_C16"]
+    scan, inputs = implementation("triton", shape), make_inputs(shape, torch.float32, "cpu")
+    forward = kernel_times(runner(scan, inputs, "fwd"), "cpu")
+    assert {k: n for k, (n, _) in forward.items()} == dict.fromkeys(
+        ["_token_weights_fwd", "_cb_products", "_chunk_state", "_state_scan", "_chunk_output"], 1)
+    step = kernel_times(runner(scan, inputs, "fwd+bwd"), "cpu")
+    assert step["_chunk_state"][0] == step["_state_scan"][0] == 2 and "_chunk_grad_cols" in step
+    assert all(seconds > 0 for _, seconds in step.values())
+    assert InterpretedFunction.run is run_before
+
+
+def test_kernel_table_ranks_each_implementation_and_sums_it():
+    header, rows = kernel_table({"ours": {"a": (1, 1e-6), "b": (2, 3e-6)}, "peer": {"c": (1, 2e-6)}})
+    assert header[:4] == ["ours: kernel", "ours: launches", "ours: us", "ours: % of all"] and len(header) == 8
+    assert rows == [["`b`", "2", "3.0", "75.0", "`c`", "1", "2.0", "100.0"],
+                    ["`a`", "1", "1.0", "25.0", "", "", "", ""],
+                    ["all kernels", "3", "4.0", "100.0", "all kernels", "1", "2.0", "100.0"]]
+
+
+def test_gpu_suite_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
+    # gpu_check.sh stops the suite at its time limit: the shapes measured by then must be in the results file.
+    from kernels.benchmarks import ssd
+
+    def suite_stopped_after_one_shape(tiny, reps, swept, tuner, on_shape):
+        on_shape(["shape", "mode"], [["B1_L40", "fwd"]], "### B1_L40, fwd\n")
+        raise TimeoutError("the limit")
+    monkeypatch.setattr(ssd, "gpu_suite", suite_stopped_after_one_shape)
+    with pytest.raises(TimeoutError):
+        ssd.main(["--suite", "gpu", "--tiny", "--out-dir", str(tmp_path)])
+    text = next(tmp_path.glob("ssd_interpreter-tiny_*.md")).read_text()
+    assert "stopped before its last shape" in text and "| B1_L40 | fwd |" in text
+    assert text.endswith("## Where a step's time goes (" + ssd.STEP_PROFILES + ")\n\n### B1_L40, fwd\n")
