@@ -63,18 +63,18 @@ timeout -s INT 160 "$PYTHON" -m pytest tests/kernels tests/lightning_modules/com
 
 # 4. Nsight Compute's counters for each of our kernels in one forward+backward at the sweep's shape: what
 #    holds each below copy bandwidth. Not every machine lets ncu read them; then its log says why.
+NCU=(ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats
+     --section WarpStateStats --csv --page details)
 if command -v ncu >/dev/null; then
-    timeout 60 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step.csv" \
-        "$PYTHON" -m kernels.benchmarks.ssd --suite step || echo "gpu_check.sh: ncu failed, see $OUT/ncu_step.csv" >&2
+    timeout 60 "${NCU[@]}" --log-file "$OUT/ncu_step.csv" "$PYTHON" -m kernels.benchmarks.ssd --suite step \
+        || echo "gpu_check.sh: ncu failed, see $OUT/ncu_step.csv" >&2
 fi
 
 # 5. The same counters for mamba_ssm's step, to read beside ours kernel by kernel: its kernels ran at 77% of copy
 #    bandwidth where ours ran at a quarter (session 9). Only in the time steps 1-4 left.
 left=$((BUDGET - SECONDS))
 if command -v ncu >/dev/null && [ "$left" -ge 40 ]; then
-    timeout "$left" ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section WarpStateStats --csv --page details --log-file "$OUT/ncu_step_mamba_ssm.csv" \
+    timeout "$left" "${NCU[@]}" --log-file "$OUT/ncu_step_mamba_ssm.csv" \
         "$PYTHON" -m kernels.benchmarks.ssd --suite step --impl mamba_chunk_scan_combined \
         || echo "gpu_check.sh: ncu of mamba_ssm's step failed or ran out of time, see $OUT/ncu_step_mamba_ssm.csv" >&2
 else

@@ -51,9 +51,9 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
         # The fewest bytes a step counted (0.31-0.33x mamba_ssm's at L 1024, H 8 and 32).
         "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
-        # Session 10's gradient kernels hold 181-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
-        # bench-compile). At 8 warps they hold 125-205, still 8 resident for three of them; capped at 128 (ptxas's
-        # maxnreg), 16 resident, and only _chunk_grad_C spills, 56 B a thread.
+        # The gradient kernels hold 186-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
+        # bench-compile), where mamba_ssm's backward kernels hold 10-32. At 8 warps they hold 130-199, still 8
+        # resident; capped at 128 (ptxas's maxnreg), 16 resident, and only _chunk_grad_C spills, 56 B a thread.
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
