@@ -563,6 +563,7 @@ class Launch:
     scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
     stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
+    grad_stages: int = 0  # and of the gradient kernels' loops
     states_16bit: bool = False  # entering states and their gradients kept in prec's 16-bit type, as mamba_ssm's
     one_pass_states: bool = False  # _state_pass instead of _chunk_state then _state_scan: no chunk's own state kept
     cb_16bit: bool = False  # C_t . B_s kept in prec's 16-bit type, where mamba_ssm keeps it fp32
@@ -583,7 +584,8 @@ class Launch:
         """Triton's launch options for the forward's tile kernels or the gradient kernels: only those set, so that
         the default launches exactly as before they existed."""
         if gradients:
-            return dict(num_warps=self.grad_warps, **({"maxnreg": self.grad_maxnreg} if self.grad_maxnreg else {}))
+            return dict(num_warps=self.grad_warps, **({"maxnreg": self.grad_maxnreg} if self.grad_maxnreg else {}),
+                        **({"num_stages": self.grad_stages} if self.grad_stages else {}))
         return dict(num_warps=self.warps, **({"num_stages": self.stages} if self.stages else {}))
 
     def __post_init__(self):

@@ -153,7 +153,7 @@ def compare_launch_to_naive(case, dtype, change, tol, tol_grad, device=DEVICE):
 @pytest.mark.parametrize("change", [
     dict(T=32, Q=16, grad_Q=16),
     dict(T=64, Q=16, grad_Q=32, BN_state=16, BN_grad=16, scan_block=128, scan_stages=2, heads_per_program=2, stages=2),
-    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1, grad_maxnreg=128),
+    dict(T=64, Q=32, grad_Q=16, warps=2, grad_warps=2, heads_per_program=1, grad_maxnreg=128, grad_stages=2),
     dict(T=64, Q=16, BN_state=16, one_pass_states=True),
 ], ids=["two_tiles_per_chunk", "four_tiles_two_head_splits_two_n_tiles", "two_wide_tiles_per_head",
         "states_in_one_pass_four_tiles_two_n_tiles"])
