@@ -452,6 +452,7 @@ def profiled_step(impl: str = "triton"):
     torch.cuda.profiler.stop()
 
 
+# ----------------------------------------------------------------------------- where a step's time goes
 def step_profiles(shape, inputs, fns, device) -> str:
     """Markdown: for each mode, the kernel_table of one run of each of `fns` at `shape`."""
     tables = []
@@ -471,7 +472,6 @@ def print_kernel_times(run, device, name):
     print(f"  kernel times, {name}:\n" + markdown(*kernel_table({name: kernel_times(run, device)})), file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- where a step's time goes
 @contextlib.contextmanager
 def _interpreted_launches_named(names: set):
     """Under the Triton interpreter, each kernel launch as a torch.profiler range named after its kernel, the
