@@ -125,7 +125,8 @@ def peer_report(arch: int, dtype: str, picked_only=False) -> list[dict]:
     """mamba_ssm's kernels at the launch sweep's shape, each under every config its autotuner may pick on a GPU
     (which one it picks there is not known here); "(deterministic pick)" marks the one it runs when it may not
     autotune (picked_only: that one alone). Its host code runs as ours does above, on CPU tensors, every launch
-    recorded."""
+    recorded. (At compile_cut's one batch row its `batch` argument is a constant 1, as at the suite's L 16K-64K;
+    its kernels use it only to split a program id.)"""
     from kernels.benchmarks.registry import SSD_GPU
     from kernels.benchmarks.ssd import SWEEP_SHAPE, compile_cut
 
