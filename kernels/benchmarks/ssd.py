@@ -49,6 +49,7 @@ RESULTS = Path(__file__).parent / "results"
 CPU_IMPLS = ("torch", "naive", "mamba_ssm_minimal", "transformers_torch")
 PEER = "mamba_chunk_scan_combined"
 GPU_IMPLS = ("triton", PEER)
+TUNED = "triton (tuned per shape)"  # the GPU suite's column under --tuned
 MODES = ("fwd", "fwd+bwd")
 BEST_LAUNCH = "ssd_launch_best.json"
 
@@ -254,7 +255,7 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
     if swept and swept["change"]:  # not the default
         impls = {f"triton ({swept['name']})": lambda shape: triton_launched(shape, swept["change"]), **impls}
     if tuner is not None:
-        impls = {"triton (tuned per shape)": lambda shape: triton_tuned(shape, tuner), **impls}
+        impls = {TUNED: lambda shape: triton_tuned(shape, tuner), **impls}
     profiled = {SWEEP_SHAPE, list(shapes)[-1]}
     rows, profiles = [], []
     with contextlib.ExitStack() as stack:
@@ -272,8 +273,9 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
             inputs = make_inputs(shape, dtype, device)
             fns = {name: make(shape) for name, make in impls.items()}
             rows += _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw)
-            if shape.name in profiled:  # our default launch beside mamba_ssm, both compiled (and tuned) by now
-                profiles.append(step_profiles(shape, inputs, {i: fns[i] for i in GPU_IMPLS if i in fns}, device))
+            if shape.name in profiled:  # ours beside mamba_ssm's, all compiled (and tuned) by now
+                profiles.append(step_profiles(shape, inputs, {i: fns[i] for i in (TUNED, *GPU_IMPLS) if i in fns},
+                                              device))
             on_shape(header, rows, "\n".join(profiles))
     return header, rows, "\n".join(profiles)
 
@@ -462,8 +464,9 @@ def step_profiles(shape, inputs, fns, device) -> str:
     return "\n".join(tables)
 
 
-STEP_PROFILES = ("torch.profiler, one run after the timed ones; our scan at its default launch. On a CPU: the "
-                 "Triton kernels in the interpreter, whose times say nothing about a GPU")
+STEP_PROFILES = ("torch.profiler, one run after the timed ones: our scan tuned (with --tuned) and at its default "
+                 "launch, and mamba_ssm's. On a CPU: the Triton kernels in the interpreter, whose times say nothing "
+                 "about a GPU")
 
 
 def print_kernel_times(run, device, name):
