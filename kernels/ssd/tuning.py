@@ -55,9 +55,10 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # bench-compile), where mamba_ssm's backward kernels hold 10-32. At 8 warps they hold 130-199, still 8
         # resident; capped at 128 (ptxas's maxnreg), 16 resident, and only _chunk_grad_C spills, 56 B a thread.
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
-        # Or at 4 warps: two pipeline stages take _chunk_grad_C's and _B's shared memory from 104 to 64 KB, and
-        # capped at 168 registers all four then hold 12 resident warps, spilling 32-272 B a thread.
-        "gradient kernels 2 stages, 168 registers": dict(grad_stages=2, grad_maxnreg=168),
+        # Or at 4 warps: two pipeline stages and dC, dB in n tiles of 64 take _chunk_grad_C's and _B's shared
+        # memory from 104 to 40 KB; capped at 168 registers, all four then hold 12 resident warps, and only
+        # _chunk_grad_cols and _CB spill (32 and 248 B a thread). The n tiles add 4% to a step's requested bytes.
+        "gradient kernels 2 stages, 168 registers, n tile 64": dict(grad_stages=2, grad_maxnreg=168, BN_grad=64),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
         # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
