@@ -20,6 +20,10 @@ time says the share of copy bandwidth at which ours would just match it (the iss
 share is below mamba_ssm's, ours meets the target by running its own bytes as well as mamba_ssm runs its.
 A model of bytes only: launches, products and occupancy are left out, so a share that only a perfect
 kernel reaches is a warning, not a forecast.
+
+Where the table's file also lists where a step's time goes (the GPU suite's step profiles, since session 14),
+each kernel's footprint, fitted and scaled the same way, is divided by its measured time: the share of copy
+bandwidth each of our kernels and each of mamba_ssm's ran at, which says which kernel keeps a scan off it.
 """
 import argparse
 import datetime
@@ -31,22 +35,28 @@ from pathlib import Path
 import numpy as np
 
 from kernels.benchmarks.gpu_compile import launch_changes
-from kernels.benchmarks.registry import SSD_GPU, SSDShape
+from kernels.benchmarks.registry import SSDShape, parse_shape
 from kernels.benchmarks.ssd import PEER  # mamba_ssm's column in the GPU table
-from kernels.benchmarks.traffic import IMPLS, count, totals
+from kernels.benchmarks.traffic import IMPLS, by_kernel, count
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_GPU_TABLE = RESULTS / "ssd_NVIDIA-H100-80GB-HBM3_2026-11-27.md"
 COUNT_TOKENS = 1024
 MODES = {"fwd": ("fwd",), "fwd+bwd": ("fwd", "bwd")}
+PROFILED = {"triton": "ours", PEER: "mamba_ssm"}  # the step profiles' columns at a fixed launch -> IMPLS
+
+
+def kernel_footprints(impl: str, shape: SSDShape, launch_change=None) -> dict[str, dict[str, float]]:
+    """Footprint bytes of each kernel (and torch op) in one fwd and one fwd+bwd of impl at shape, counted in the
+    interpreter, a kernel's launches summed; ours under default_launch with launch_change's fields."""
+    launches = count(impl, shape, launch_change=launch_change)
+    return {mode: {r["name"]: float(r["footprint"]) for r in by_kernel([x for p in phases for x in launches[p]])}
+            for mode, phases in MODES.items()}
 
 
 def footprints(impl: str, shape: SSDShape, launch_change=None) -> dict[str, float]:
-    """Footprint bytes of one fwd and one fwd+bwd of impl at shape (counted in the interpreter); ours under
-    default_launch with launch_change's fields."""
-    launches = count(impl, shape, launch_change=launch_change)
-    return {mode: float(sum(totals(launches[phase])["footprint"] for phase in phases))
-            for mode, phases in MODES.items()}
+    """Footprint bytes of one fwd and one fwd+bwd of impl at shape: kernel_footprints summed."""
+    return {mode: sum(kernels.values()) for mode, kernels in kernel_footprints(impl, shape, launch_change).items()}
 
 
 def fit_heads(heads: list[int], values: list[float]) -> tuple[float, float]:
@@ -92,6 +102,41 @@ def read_gpu_table(path: Path) -> tuple[float, dict[tuple[str, str], dict[str, f
     return float(bandwidth.group(1)) * 1e9, times
 
 
+def read_kernel_times(path: Path) -> dict[tuple[str, str], dict[str, dict[str, tuple[int, float]]]]:
+    """The step profiles in a kept GPU-suite file ("### SHAPE, MODE" and a table of `impl: kernel`, launches,
+    us, % columns) -> {(shape, mode): {impl: {kernel: (launches, seconds)}}}; {} in a file without them."""
+    times, section, columns = {}, None, None
+    for line in path.read_text().splitlines():
+        if heading := re.fullmatch(r"### (\S+), (fwd|fwd\+bwd)", line):
+            section, columns = (heading[1], heading[2]), None
+        elif section and line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if columns is None:
+                columns = [c.removesuffix(": kernel") for c in cells[::4]]
+                continue
+            for impl, (kernel, launches, us, _) in zip(columns, zip(*[iter(cells)] * 4)):
+                if kernel and kernel != "all kernels":
+                    times.setdefault(section, {}).setdefault(impl, {})[kernel.strip("`")] = (int(launches),
+                                                                                          float(us) / 1e6)
+    return times
+
+
+def kernel_shares(kernel_lines: dict, kernel_times: dict, bandwidth: float) -> list[dict]:
+    """One row per profiled kernel of ours (default launch) and mamba_ssm's: its measured time and, where the
+    interpreter counted a kernel of that name, its footprint from the per-1024-token line and the share of copy
+    bandwidth it ran at. kernel_lines: {(impl, mode, (p, n, chunk, g), kernel): line}."""
+    rows = []
+    for (name, mode), columns in kernel_times.items():
+        shape = parse_shape(name)
+        for column, impl in PROFILED.items():
+            for kernel, (launches, seconds) in columns.get(column, {}).items():
+                line = kernel_lines.get((impl, mode, (shape.p, shape.n, shape.chunk, shape.g), kernel))
+                footprint = scale(line, shape) if line else None
+                rows.append(dict(shape=name, mode=mode, impl=impl, kernel=kernel, launches=launches, seconds=seconds,
+                                 footprint=footprint, share=footprint / seconds / bandwidth if footprint else None))
+    return rows
+
+
 def predict(lines: dict, shapes: dict[str, SSDShape], bandwidth: float, measured: dict) -> list[dict]:
     """One row per (shape, mode): footprints, their copy-bandwidth bounds, mamba_ssm's measured time and
     share, and the share at which ours matches it. lines: {(impl, mode, (p, n, chunk, g)): line}."""
@@ -110,7 +155,7 @@ def predict(lines: dict, shapes: dict[str, SSDShape], bandwidth: float, measured
     return rows
 
 
-def report(rows, checks, heads, gpu_table: Path, bandwidth, command, launch_change=None) -> str:
+def report(rows, checks, heads, gpu_table: Path, bandwidth, command, launch_change=None, kernels=()) -> str:
     lines = [f"# SSD scan: bytes counted in the interpreter, read against {gpu_table.name}", "",
              f"- command: `{command}`", f"- date: {datetime.date.today()}",
              f"- footprints counted at B1_L{COUNT_TOKENS}, H {', '.join(map(str, heads))} (fp16; ours under "
@@ -131,6 +176,14 @@ def report(rows, checks, heads, gpu_table: Path, bandwidth, command, launch_chan
             if "peer_time" in r else ("n/a", "n/a")
         lines.append(f"| {r['shape']} | {r['mode']} | {r['ours_bytes'] / 1e9:.2f} / {r['peer_bytes'] / 1e9:.2f} | "
                      f"{r['ours_bound'] * 1e3:.2f} / {r['peer_bound'] * 1e3:.2f} | {measured[0]} | {measured[1]} |")
+    if kernels:
+        lines += ["", "Each kernel of the step profiles against copy bandwidth (ours at its default launch; n/a: a "
+                  "kernel the interpreter does not count, such as torch's own):", "",
+                  "| shape | mode | impl | kernel | launches | measured us | footprint MB | share of copy bandwidth |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k['shape']} | {k['mode']} | {k['impl']} | `{k['kernel']}` | {k['launches']} | "
+                  f"{k['seconds'] * 1e6:.1f} | " + (f"{k['footprint'] / 1e6:.1f} | {100 * k['share']:.0f}% |"
+                                                    if k["footprint"] else "n/a | n/a |") for k in kernels]
     return "\n".join(lines) + "\n"
 
 
@@ -150,23 +203,32 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("kernels.benchmarks.predict counts in the Triton interpreter: run it with TRITON_INTERPRET=1")
     bandwidth, measured = read_gpu_table(args.gpu_table)
-    families = {(s.p, s.n, s.chunk, s.g): s for s in SSD_GPU.values()}  # shapes that differ only in b, l, h
-    lines, checks = {}, []
+    # The step profiles ran our default launch: read against ours counted under another, they would mislead.
+    kernel_times = {} if launch_change else read_kernel_times(args.gpu_table)
+    shapes = {name: parse_shape(name) for name, _ in measured}
+    families = {(s.p, s.n, s.chunk, s.g): s for s in shapes.values()}  # shapes that differ only in b, l, h
+    lines, kernel_lines, checks = {}, {}, []
     for key, shape in families.items():
         for impl in IMPLS:
             counted = {}
             for h in args.heads + args.check_heads:
                 print(f"counting {impl} at {counting_shape(shape, h).name} ...", file=sys.stderr, flush=True)
-                counted[h] = footprints(impl, counting_shape(shape, h), launch_change if impl == "ours" else None)
+                counted[h] = kernel_footprints(impl, counting_shape(shape, h),
+                                               launch_change if impl == "ours" else None)
             for mode in MODES:
-                lines[impl, mode, key] = fit_heads(args.heads, [counted[h][mode] for h in args.heads])
-                checks += [dict(impl=impl, mode=mode, shape=counting_shape(shape, h).name, counted=counted[h][mode],
+                total = {h: sum(counted[h][mode].values()) for h in counted}
+                lines[impl, mode, key] = fit_heads(args.heads, [total[h] for h in args.heads])
+                checks += [dict(impl=impl, mode=mode, shape=counting_shape(shape, h).name, counted=total[h],
                                 line=scale(lines[impl, mode, key], counting_shape(shape, h)))
                            for h in args.check_heads]
-    rows = predict(lines, SSD_GPU, bandwidth, measured)
+                for kernel in {k for h in args.heads for k in counted[h][mode]}:
+                    kernel_lines[impl, mode, key, kernel] = fit_heads(
+                        args.heads, [counted[h][mode].get(kernel, 0.0) for h in args.heads])
+    rows = predict(lines, shapes, bandwidth, measured)
     command = "TRITON_INTERPRET=1 python -m kernels.benchmarks.predict " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    text = report(rows, checks, args.heads, args.gpu_table, bandwidth, command.strip(), launch_change)
+    text = report(rows, checks, args.heads, args.gpu_table, bandwidth, command.strip(), launch_change,
+                  kernel_shares(kernel_lines, kernel_times, bandwidth))
     print(text)
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)

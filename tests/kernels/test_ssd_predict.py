@@ -8,6 +8,7 @@ from kernels.benchmarks.registry import SSD_GPU, SSDShape
 from ssd_testing import needs_interpreter, needs_mamba_ssm
 
 H100_TABLE = predict.DEFAULT_GPU_TABLE
+TINY_TABLE = predict.RESULTS / "ssd_interpreter-tiny_2026-11-27.md"  # with step profiles (kernel times)
 
 
 @needs_interpreter
@@ -62,9 +63,9 @@ def test_main_writes_a_row_per_shape_and_mode(tmp_path, monkeypatch):
 
     def fake(impl, shape, launch_change):
         changes.add((impl, str(launch_change)))
-        return {mode: (2 if impl == "mamba_ssm" else 1) * (1e6 * shape.h + 3e6) * len(phases)
+        return {mode: {"a kernel": (2 if impl == "mamba_ssm" else 1) * (1e6 * shape.h + 3e6) * len(phases)}
                 for mode, phases in predict.MODES.items()}
-    monkeypatch.setattr(predict, "footprints", fake)
+    monkeypatch.setattr(predict, "kernel_footprints", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     predict.main(["--gpu-table", str(H100_TABLE), "--out-dir", str(tmp_path), "--change", "one_pass_states=true"])
     assert changes == {("ours", "{'one_pass_states': True}"), ("mamba_ssm", "None")}
@@ -77,3 +78,38 @@ def test_main_writes_a_row_per_shape_and_mode(tmp_path, monkeypatch):
     # B1_L65536_H80 fwd: ours 64 * (80 + 3) MB = 5.31 GB, 1.82 ms at 2923 GB/s; mamba_ssm measured 4.01 ms
     # against its own bound of 3.63 ms: 91% of copy bandwidth; ours needs 1.82 / 4.01 = 45%.
     assert "| B1_L65536_H80_P64_N128_C256 | fwd | 5.31 / 10.62 | 1.82 / 3.63 | 4.01 (91%) | 45% |" in rows
+
+
+def test_reads_the_step_profiles_of_a_kept_suite_file():
+    times = predict.read_kernel_times(TINY_TABLE)
+    assert set(times) == {("B1_L64_H4_P16_N32_C16_G2", mode) for mode in predict.MODES}
+    step = times["B1_L64_H4_P16_N32_C16_G2", "fwd+bwd"]
+    assert set(step) == {"triton (tuned per shape)", "triton", predict.PEER}
+    assert step["triton"]["_chunk_state"][0] == step[predict.PEER]["_chunk_state_fwd_kernel"][0] == 2
+    assert "all kernels" not in step["triton"] and all(s > 0 for _, s in step["triton"].values())
+    assert predict.read_kernel_times(H100_TABLE) == {}
+
+
+def test_main_reads_each_profiled_kernel_against_copy_bandwidth(tmp_path, monkeypatch):
+    """A GPU table with step profiles: each kernel's fitted footprint over its measured time. Counted per 1024
+    tokens: ours' _chunk_output 1 MB a head, mamba_ssm's _chunk_scan_fwd_kernel 2 MB; a kernel of torch's that the
+    interpreter does not count has no footprint."""
+    columns = [f"{impl}: {c}" for impl in ("triton", "mamba_chunk_scan_combined")
+               for c in ("kernel", "launches", "us", "% of all")]
+    table = tmp_path / "ssd_GPU_2026-11-27.md"
+    table.write_text(H100_TABLE.read_text() + "\n".join([
+        "", "### B1_L65536_H80_P64_N128_C256, fwd", "", "| " + " | ".join(columns) + " |", "|---" * 8 + "|",
+        "| `_chunk_output` | 1 | 2923.0 | 99.7 | `_chunk_scan_fwd_kernel` | 1 | 4000.0 | 100.0 |",
+        "| `void at::native::reduce_kernel<...>` | 3 | 10.0 | 0.3 |  |  |  |  |",
+        "| all kernels | 4 | 2933.0 | 100.0 | all kernels | 1 | 4000.0 | 100.0 |", ""]))
+    per_head = {"ours": {"_chunk_output": 1e6}, "mamba_ssm": {"_chunk_scan_fwd_kernel": 2e6}}
+    monkeypatch.setattr(predict, "kernel_footprints", lambda impl, shape, launch_change: {
+        mode: {k: v * shape.h for k, v in per_head[impl].items()} for mode in predict.MODES})
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    predict.main(["--gpu-table", str(table), "--out-dir", str(tmp_path)])
+    text, = [path.read_text() for path in tmp_path.glob("ssd_predicted_GPU_*.md")]
+    # 64 x 80 MB = 5.12 GB in 2.923 ms: 1752 GB/s, 60% of the table's copy bandwidth (2923 GB/s); mamba_ssm's
+    # 10.24 GB in 4 ms, 88%.
+    assert "| B1_L65536_H80_P64_N128_C256 | fwd | ours | `_chunk_output` | 1 | 2923.0 | 5120.0 | 60% |" in text
+    assert "| fwd | mamba_ssm | `_chunk_scan_fwd_kernel` | 1 | 4000.0 | 10240.0 | 88% |" in text
+    assert "| ours | `void at::native::reduce_kernel<...>` | 3 | 10.0 | n/a | n/a |" in text
