@@ -41,7 +41,7 @@ MAX_SHARED = {80: 166912, 90: 232448}
 # reserved per block), 32-bit registers, warps and blocks.
 SM_SHARED = {80: 167936, 90: 233472}
 SM_REGISTERS, SM_WARPS, SM_BLOCKS = 65536, 64, 32
-TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32", torch.int64: "i64"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # --dtype's names
 
 
 def record_launches(shape, dtype, launch_change, packed=False):
@@ -130,10 +130,9 @@ def peer_report(arch: int, dtype: str, picked_only=False) -> list[dict]:
     from kernels.benchmarks.registry import SSD_GPU
     from kernels.benchmarks.ssd import SWEEP_SHAPE, compile_cut
 
-    dtype_of = {name: dtype for dtype, name in TYPES.items()}
     rows, seen = [], set()
     for phase, kernel, args, kwargs, configs, picked in record_mamba_launches(compile_cut(SSD_GPU[SWEEP_SHAPE]),
-                                                                              dtype_of[dtype]):
+                                                                              DTYPES[dtype]):
         for config in [picked] if picked_only else configs:
             options = {} if config is None else dict(config.kwargs, num_warps=config.num_warps,
                                                       num_stages=config.num_stages)
@@ -271,12 +270,11 @@ def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False
     from kernels.benchmarks.ssd import SWEEP_SHAPE, compile_cut
 
     shape = compile_cut(SSD_GPU[SWEEP_SHAPE])
-    dtype_of = {name: dtype for dtype, name in TYPES.items()}
     rows = []
     for dtype, with_seq, (name, change) in itertools.product(dtypes, packed, variants.items()):
         label = name + (f", {dtype}" if dtypes != ("bf16",) else "") + (", seq_idx" if with_seq else "")
         try:
-            calls, launch = record_launches(shape, dtype_of[dtype], change, with_seq)
+            calls, launch = record_launches(shape, DTYPES[dtype], change, with_seq)
         except ValueError as error:  # a launch these inputs do not allow (16-bit states for fp32 inputs)
             print(f"  {label}: skipped: {error}", file=sys.stderr)
             continue
@@ -315,7 +313,7 @@ def main(argv=None):
                         help="only default_launch (with --peer: only the config mamba_ssm runs without autotuning)")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="one launch: default_launch with these Launch fields changed (repeatable)")
-    parser.add_argument("--dtype", action="append", choices=("bf16", "fp16", "fp32"),
+    parser.add_argument("--dtype", action="append", choices=tuple(DTYPES),
                         help="input dtype (repeatable; default bf16)")
     parser.add_argument("--seq-idx", choices=("no", "yes", "both"), default="no", help="packed sequences")
     parser.add_argument("--peer", action="store_true",
