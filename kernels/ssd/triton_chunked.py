@@ -45,7 +45,7 @@ States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`), and
 (`Launch.prec`), and every accumulation is fp32.
 Triton's software pipelining issues a loop's next loads early only where they feed a product's operands; the
 per-token weights that scale a product's result are loaded a head or an iteration ahead by hand (`_next_head`),
-so that at the default launch no loop waits for a load but _state_scan's (`make bench-compile` lists them).
+and so are _state_scan's, so that at the default launch no loop waits for a load (`make bench-compile` lists them).
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/JOURNAL.md).
 """
@@ -262,6 +262,24 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
 
 
 @triton.jit
+def _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i, num_chunks, PN, offs, mask,
+                REVERSE: tl.constexpr, HAS_DOT: tl.constexpr):
+    """What _state_scan's iteration i reads: its chunk's row (b*h, chunks) index, own, decay and (HAS_DOT) S (own
+    in its place without: unused), each in its buffer's dtype (a conversion here would wait for the load). Nothing
+    is read for i = num_chunks, the iteration after the last."""
+    if REVERSE:
+        here = i_bh * num_chunks + num_chunks - 1 - i
+    else:
+        here = i_bh * num_chunks + i
+    valid = i < num_chunks
+    own = tl.load(own_ptr + here * PN + offs, mask=mask & valid, other=0.0)
+    S = own
+    if HAS_DOT:
+        S = tl.load(with_ptr + here * PN + offs, mask=mask & valid, other=0.0)
+    return here, own, tl.load(decay_ptr + here, mask=valid, other=0.0), S
+
+
+@triton.jit
 def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_ptr, num_chunks, PN,
                 BLOCK: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DOT: tl.constexpr,
                 STAGES: tl.constexpr):
@@ -270,8 +288,10 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
     Forward: own = each chunk's contribution, out = the state entering each chunk. Backward: own =
     dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states, and
     (HAS_DOT) this block's share of dL/d decay_c = <out[c], S_c>, S = with (b*h, chunks, PN), to
-    dot (b*h, chunks, blocks): the host sums the blocks. STAGES (None: the compiler's choice) pipelines the
-    loop's loads: the next chunks' loads do not wait for this chunk's carry."""
+    dot (b*h, chunks, blocks): the host sums the blocks.
+    Triton's software pipelining leaves in the loop the loads that feed no product, so each chunk would wait for
+    its own before its carry could be updated (make bench-compile): with STAGES None they are issued a chunk ahead
+    by hand, into registers. STAGES pipelines the loop instead (next chunks' loads staged in shared memory)."""
     i_bh = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < PN
@@ -279,18 +299,20 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
         carry = tl.load(init_ptr + i_bh * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK,), tl.float32)
+    if STAGES is None:
+        ahead = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, 0, num_chunks, PN, offs, mask, REVERSE, HAS_DOT)
     for i in tl.range(num_chunks, num_stages=STAGES):
-        if REVERSE:
-            c = num_chunks - 1 - i
+        if STAGES is None:
+            here, own, decay, S = ahead
+            ahead = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i + 1, num_chunks, PN, offs, mask, REVERSE,
+                                HAS_DOT)
         else:
-            c = i
-        here = (i_bh * num_chunks + c) * PN + offs
-        own = tl.load(own_ptr + here, mask=mask, other=0.0)
-        tl.store(out_ptr + here, carry.to(out_ptr.dtype.element_ty), mask=mask)
+            here, own, decay, S = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i, num_chunks, PN, offs, mask,
+                                              REVERSE, HAS_DOT)
+        tl.store(out_ptr + here * PN + offs, carry.to(out_ptr.dtype.element_ty), mask=mask)
         if HAS_DOT:
-            S = tl.load(with_ptr + here, mask=mask, other=0.0).to(tl.float32)
-            tl.store(dot_ptr + (i_bh * num_chunks + c) * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S, 0))
-        carry = tl.load(decay_ptr + i_bh * num_chunks + c) * carry + own
+            tl.store(dot_ptr + here * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S.to(tl.float32), 0))
+        carry = decay * carry + own
     tl.store(final_ptr + i_bh * PN + offs, carry, mask=mask)
 
 
@@ -560,7 +582,7 @@ class Launch:
     grad_warps: int   # the gradient kernels
     heads_per_program: int  # _chunk_grad_CB, _C and _B sum over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
-    scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (0: the compiler's choice)
+    scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (1: none; 0: loads ahead by hand)
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
     stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
     grad_stages: int = 0  # and of the gradient kernels' loops

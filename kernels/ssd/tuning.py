@@ -78,10 +78,13 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "forward Q 32": dict(Q=32),
         # At Q 32: 124-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
-        # Or _state_scan with the next chunks' loads issued before this chunk's carry is done (tl.range's software
-        # pipelining: sm_90 code then stages them in shared memory). A block of 256 ran the forward 1.08x faster
-        # and the step 0.96x in the H200 sweep.
+        # _state_scan's loads two chunks ahead, staged in shared memory by tl.range's software pipelining, where the
+        # default loads one chunk ahead into registers. (A block of 256 ran the forward 1.08x faster and the step
+        # 0.96x in the H200 sweep, when neither was ahead.)
         "state scan pipelined, 3 stages": dict(scan_stages=3),
+        # And the order before session 15, each chunk's loads waited for (one stage: nothing issued ahead): whether
+        # loads issued ahead pay at all, which no GPU has timed.
+        "state scan loads not ahead": dict(scan_stages=1),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per

@@ -38,10 +38,9 @@ def test_default_launch_compiles_for_sm90_and_fits_its_shared_memory():
     # forward and backward: every kernel launched (_state_pass stands for _chunk_state and _state_scan when asked)
     assert {row["kernel"] for row in rows} == set(KERNELS) - {"_state_pass"}
     assert [row for row in rows if not row["fits"]] == []
-    # Every loop issues its loads ahead of the iteration that uses them (Triton's pipelining; the per-token weights
-    # by hand), except _state_scan's at scan_stages 0: the tuner's "state scan pipelined, 3 stages" does that.
-    waited = {row["kernel"]: row["waited_loads"] for row in rows if row["waited_loads"]}
-    assert set(waited) == {"_state_scan"}, waited
+    # Every loop issues its loads ahead of the iteration that uses them: Triton's pipelining those of a product's
+    # operands, by hand the per-token weights and _state_scan's (which waited for two, then three, until session 15).
+    assert {row["kernel"]: row["waited_loads"] for row in rows if row["waited_loads"]} == {}
 
 
 def test_the_states_in_one_pass_wait_only_for_the_states_at_a_chunks_start():
