@@ -59,6 +59,9 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # memory from 104 to 40 KB; capped at 168 registers, all four then hold 12 resident warps, and only
         # _chunk_grad_cols and _CB spill (32 and 248 B a thread). The n tiles add 4% to a step's requested bytes.
         "gradient kernels 2 stages, 168 registers, n tile 64": dict(grad_stages=2, grad_maxnreg=168, BN_grad=64),
+        # 8 warps and 128 registers with n tiles of 64: all four hold 16 resident warps and none spills (110-128
+        # registers, 48-64.5 KB of shared memory), for the same 4% more requested bytes.
+        "gradient kernels 8 warps, 128 registers, n tile 64": dict(grad_warps=8, grad_maxnreg=128, BN_grad=64),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
         # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
