@@ -11,7 +11,9 @@ How: kernels.ssd.triton_chunked's host code runs forward and backward on CPU ten
 launch replaced by a recorder. Each recorded call is compiled for the target as Triton's launcher would,
 by its own specialisation (integers equal to 1 made constants; pointers and integers divisible by 16 marked so),
 and cuobjdump reads the registers and stack of the cubin. From registers, warps and shared memory, CUDA's
-occupancy rules give the warps an SM keeps resident: the loads of a memory-bound kernel wait behind them.
+occupancy rules give the warps an SM keeps resident, and the programs (blocks) they make up: a program's loads
+are waited for behind the other programs', each an independent chain of load, product and store (more warps in
+one program split its tile, but its chain stays one).
 Triton's IR after software pipelining names the loads a loop still waits for at every iteration
 (`waited_loads`): those its pipelining did not issue ahead. Must run without TRITON_INTERPRET.
 """
@@ -343,11 +345,11 @@ def main(argv=None):
         print(json.dumps(rows))
         return
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
-              "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (limited by)",
+              "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (programs; limited by)",
               f"loads a loop waits for ({'mamba_ssm' if args.peer else 'triton_chunked.py'} lines)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
               "yes" if r["fits"] else "NO", r["registers"], r["stack"],
-              f"{r['resident_warps']} ({r['resident_limit']})",
+              f"{r['resident_warps']} ({r['resident_warps'] // r['warps']}; {r['resident_limit']})",
               ", ".join(map(str, r["waited_loads"])) or "-"] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]

@@ -62,6 +62,10 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # 8 warps and 128 registers with n tiles of 64: all four hold 16 resident warps and none spills (110-128
         # registers, 48-64.5 KB of shared memory), for the same 4% more requested bytes.
         "gradient kernels 8 warps, 128 registers, n tile 64": dict(grad_warps=8, grad_maxnreg=128, BN_grad=64),
+        # The same 16 resident warps as 4 programs of 4 warps instead of 2 of 8 (mamba_ssm's backward kernels hold 3
+        # to 8 programs per SM at the configs it runs without autotuning, ours 2): tiles of 32 tokens, 118-128
+        # registers, only _chunk_grad_cols spilling (32 B a thread), on mma.sync instead of wgmma.
+        "gradients Q 32, 128 registers, n tile 64": dict(grad_Q=32, grad_maxnreg=128, BN_grad=64),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
         # type (kernels.benchmarks.traffic --change states_16bit=true counts what that saves).
@@ -73,9 +77,6 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
         # 12 (make bench-compile).
         "forward kernels 2 stages": dict(stages=2),
-        # 4 warps has been the default since the H200 sweep of 2026-11-27 (1.18x a step then,
-        # results/ssd_launch_NVIDIA-H200_2026-11-27.md), before session 10 changed the gradient kernels.
-        "gradient kernels 8 warps": dict(grad_warps=8),
         # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
         # default's forward timed it at 1.33-1.50 ms.
         "forward Q 32": dict(Q=32),
