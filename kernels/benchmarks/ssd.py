@@ -238,9 +238,10 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
               on_shape=lambda header, rows, profiles: None) -> tuple[list[str], list[list[str]], str]:
     """Ours and mamba_chunk_scan_combined at each shape, timed, and their y and gradients compared: the table's
     header and rows, then markdown of where each spends a step (step_profiles) at the sweep's shape and the
-    longest. `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more
+    largest. `swept` (the launch sweep's best, see launch_sweep) adds our scan under that launch as one more
     column; `tuner` (a kernels.ssd.tuning.Tuner) our scan under the launch it tunes for each shape and mode.
-    `on_shape` gets what is measured so far after each shape."""
+    `on_shape` gets what is measured so far after each shape, the rows in the registry's order. The shapes run
+    largest first: there session 9's ratios were worst, and gpu_check.sh's time limit cuts the last."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if tiny and device == "cuda":
         raise SystemExit("kernels.benchmarks.ssd: --tiny is the interpreter proof; drop it on a GPU")
@@ -256,8 +257,9 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
         impls = {f"triton ({swept['name']})": lambda shape: triton_launched(shape, swept["change"]), **impls}
     if tuner is not None:
         impls = {TUNED: lambda shape: triton_tuned(shape, tuner), **impls}
-    profiled = {SWEEP_SHAPE, list(shapes)[-1]}
-    rows, profiles = [], []
+    largest_first = sorted(shapes.values(), key=lambda shape: -shape.b * shape.l * shape.h)
+    profiled = {SWEEP_SHAPE, largest_first[0].name}
+    rows, profiles = {}, []
     with contextlib.ExitStack() as stack:
         if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
             if mamba_ssm_installed():
@@ -269,15 +271,15 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
                   + [f"speedup {i} vs mamba" for i in ours]
                   + [f"normwise relative diff vs mamba ({' / '.join(ours)}): y, worst gradient"])
         header[-2] += f" (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"
-        for shape in shapes.values():
+        for shape in largest_first:
             inputs = make_inputs(shape, dtype, device)
             fns = {name: make(shape) for name, make in impls.items()}
-            rows += _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw)
+            rows[shape.name] = _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw)
             if shape.name in profiled:  # ours beside mamba_ssm's, all compiled (and tuned) by now
                 profiles.append(step_profiles(shape, inputs, {i: fns[i] for i in (TUNED, *GPU_IMPLS) if i in fns},
                                               device))
-            on_shape(header, rows, "\n".join(profiles))
-    return header, rows, "\n".join(profiles)
+            on_shape(header, [row for name in shapes if name in rows for row in rows[name]], "\n".join(profiles))
+    return header, [row for name in shapes for row in rows[name]], "\n".join(profiles)
 
 
 def _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw) -> list[list[str]]:

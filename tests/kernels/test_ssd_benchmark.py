@@ -147,3 +147,22 @@ def test_gpu_suite_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
     text = next(tmp_path.glob("ssd_interpreter-tiny_*.md")).read_text()
     assert "stopped before its last shape" in text and "| B1_L40 | fwd |" in text
     assert text.endswith("## Where a step's time goes (" + ssd.STEP_PROFILES + ")\n\n### B1_L40, fwd\n")
+
+
+def test_gpu_suite_runs_the_largest_shape_first_and_reports_in_registry_order(monkeypatch):
+    # A suite cut at gpu_check.sh's limit loses its last shapes: the largest, where session 9's ratios were worst,
+    # must not be one of them. Measuring and profiling are stubbed: this is about the order only.
+    from kernels.benchmarks import ssd
+
+    ran, seen = [], []
+    monkeypatch.setattr(ssd, "_gpu_rows",
+                        lambda shape, *_: ran.append(shape.name) or [[shape.name, mode] for mode in ssd.MODES])
+    monkeypatch.setattr(ssd, "step_profiles", lambda shape, *_: f"### {shape.name}\n")
+    monkeypatch.setattr(ssd, "copy_bandwidth", lambda device: 1e9)
+    header, rows, profiles = ssd.gpu_suite(tiny=True, reps=1,
+                                           on_shape=lambda _, rows, __: seen.append([row[0] for row in rows]))
+    small, large = SSD_GPU_TINY  # 2 heads at 40 tokens, 4 at 64
+    assert ran == [large, small]
+    assert seen == [[large, large], [small, small, large, large]]
+    assert [row[0] for row in rows] == [small, small, large, large]
+    assert profiles == f"### {large}\n"  # the largest is profiled (the sweep's shape is not a tiny one)
