@@ -76,6 +76,32 @@ def test_the_two_fastest_launches_together_are_kept_when_faster(tmp_path, torch_
     assert launch.one_pass_states and launch.grad_warps == 8
 
 
+def more(heads_per_group):
+    """few's, and five more faster than the default, one of which overlaps the fastest's field."""
+    return {**few(heads_per_group), "forward kernels 2 stages": dict(stages=2),
+            "gradients 2 stages": dict(grad_stages=2),
+            "states in one pass, n tile 8": dict(one_pass_states=True, BN_state=8),
+            "state scan 3 stages": dict(scan_stages=3), "gradient kernels 128 registers": dict(grad_maxnreg=128)}
+
+
+def test_faster_launches_are_stacked_onto_the_fastest_while_they_gain(torch_scan, monkeypatch):
+    # Stacked fastest first: 8 warps gains (kept), 2 forward stages does not (dropped), 2 gradient stages gains;
+    # the overlapping n tile is skipped untimed, and after STACKED tries the last two are not tried.
+    for name, ms in {"forward kernels 2 stages": 2.1, "gradients 2 stages": 2.2, "states in one pass, n tile 8": 1.2,
+                     "state scan 3 stages": 2.3, "gradient kernels 128 registers": 2.4,
+                     "states in one pass + gradient kernels 8 warps": 0.9,
+                     "states in one pass + gradient kernels 8 warps + forward kernels 2 stages": 0.95,
+                     "states in one pass + gradient kernels 8 warps + gradients 2 stages": 0.8}.items():
+        monkeypatch.setitem(TIMES, name, ms)
+    tuner = tuning.Tuner(None, more, reps=1, timer=given_times, progress=False)
+    launch = tuner.launch(**scan_inputs(make_inputs(CASE, torch.float32)))
+    assert launch.one_pass_states and launch.grad_warps == 8 and launch.grad_stages == 2 and launch.stages == 0
+    (kept,) = tuner.choices.values()
+    assert kept["launch"] == "states in one pass + gradient kernels 8 warps + gradients 2 stages"
+    stacks = [name for name in kept["ms"] if " + " in name]
+    assert len(stacks) == tuning.STACKED == 3 and not any("n tile 8" in name or "state scan" in name for name in stacks)
+
+
 def test_refuses_a_launch_whose_outputs_drift_from_the_default(tmp_path, torch_scan):
     torch_scan[1]["one_pass_states"] = 1.05
     tuner = tuning.Tuner(tmp_path / "launches.json", few, reps=1, timer=given_times, progress=False)
