@@ -78,8 +78,8 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # _chunk_output's three pipeline stages take 97 KB of shared memory: 8 resident warps per SM. Two take 72 KB:
         # 12 (make bench-compile).
         "forward kernels 2 stages": dict(stages=2),
-        # In that sweep Q 32 ran the forward 1.09x faster than Q 64 (the step 0.99x), but variants that share the
-        # default's forward timed it at 1.33-1.50 ms.
+        # In the H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md) Q 32 ran the forward 1.09x
+        # faster than Q 64 (the step 0.99x), but variants that share the default's forward timed it at 1.33-1.50 ms.
         "forward Q 32": dict(Q=32),
         # At Q 32: 124-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
@@ -222,17 +222,17 @@ class Tuner:
         # fewer bytes and more programs per SM): the ones faster than the default are stacked onto the fastest,
         # fastest first, each kept where the step gets faster still; at most STACKED tries, one timing each.
         faster = sorted((n for n, t in ms.items() if isinstance(t, float) and t < ms["default"]), key=ms.get)
-        best, tries = (faster or ["default"])[0], 0
+        top, tries = (faster or ["default"])[0], 0
         for other in faster[1:]:
-            stacked = {**changes[best], **changes[other]}
             if tries == STACKED:
                 break
-            if changes[best].keys() & changes[other].keys() or stacked in changes.values():
+            stacked = {**changes[top], **changes[other]}
+            if changes[top].keys() & changes[other].keys() or stacked in changes.values():
                 continue
-            name, tries = f"{best} + {other}", tries + 1
+            name, tries = f"{top} + {other}", tries + 1
             changes[name], ms[name] = stacked, measure(name, stacked)
-            if isinstance(ms[name], float) and ms[name] < ms[best]:
-                best = name
+            if isinstance(ms[name], float) and ms[name] < ms[top]:
+                top = name
         timed = {name: t for name, t in ms.items() if isinstance(t, float)}
         best = min(timed, key=timed.get)
         log.info("kernels.ssd tuning %s: %s, %.3f ms (default %.3f ms)", key, best, timed[best], timed["default"])
