@@ -86,7 +86,7 @@ leaderboard: install ## tabulate every report under RUNS (default runs/)
 bench: install ## CPU kernel benchmarks (SSD scan vs peers), results kept under kernels/benchmarks/results
 	$(PY) -m kernels.benchmarks.ssd --suite cpu --threads 1
 
-bench-compile: install ## compile ours and mamba_ssm's Triton kernels for sm_90 (no GPU): registers, spills, waits
+bench-compile: install ## compile ours and mamba_ssm's Triton kernels for sm_90 (no GPU): registers, spills, resident programs, waits
 	env -u TRITON_INTERPRET $(PY) -m kernels.benchmarks.gpu_compile
 	env -u TRITON_INTERPRET $(PY) -m kernels.benchmarks.gpu_compile --peer
 
