@@ -24,6 +24,9 @@ kernel reaches is a warning, not a forecast.
 Where the table's file also lists where a step's time goes (the GPU suite's step profiles, since session 14),
 each kernel's footprint, fitted and scaled the same way, is divided by its measured time: the share of copy
 bandwidth each of our kernels and each of mamba_ssm's ran at, which says which kernel keeps a scan off it.
+Beside it, the programs an SM keeps resident for that kernel, from the kept `make bench-compile` tables (ours at
+the default launch, mamba_ssm's at the config it runs without autotuning; forward / backward where they differ):
+whether the kernels far below copy bandwidth are those with few programs (kernels/JOURNAL.md, session 15).
 """
 import argparse
 import datetime
@@ -121,10 +124,34 @@ def read_kernel_times(path: Path) -> dict[tuple[str, str], dict[str, dict[str, t
     return times
 
 
-def kernel_shares(kernel_lines: dict, kernel_times: dict, bandwidth: float) -> list[dict]:
+def read_programs(path: Path, launches: tuple[str, ...]) -> dict[str, str]:
+    """A kept `make bench-compile` table -> {kernel: resident programs per SM at the first of `launches` (launch
+    labels, or a label's end) the table has, "forward / backward" where the two passes differ}; {} if no file."""
+    found = {}
+    if path is None or not path.exists():
+        return {}
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()
+            if line.startswith("| ")]
+    label = next((want for want in launches for row in rows if row[0].endswith(want)), None)
+    for row in rows:
+        if label is not None and row[0].endswith(label) and (programs := re.match(r"\d+ \((\d+);", row[9])):
+            found.setdefault(row[2], {})[row[1]] = programs[1]
+    return {kernel: " / ".join(dict.fromkeys(passes.values())) for kernel, passes in found.items()}
+
+
+def compile_tables(folder: Path) -> dict[str, dict[str, str]]:
+    """{impl: read_programs} from the newest kept compile tables in `folder`, ours and mamba_ssm's."""
+    def newest(pattern):
+        return max(folder.glob(pattern), default=None)
+    return {"ours": read_programs(newest("ssd_compile_sm90_2*.md"), ("default", "default, bf16")),
+            "mamba_ssm": read_programs(newest("ssd_compile_sm90_mamba_ssm_2*.md"), ("(deterministic pick)",))}
+
+
+def kernel_shares(kernel_lines: dict, kernel_times: dict, bandwidth: float, programs=None) -> list[dict]:
     """One row per profiled kernel of ours (default launch) and mamba_ssm's: its measured time and, where the
     interpreter counted a kernel of that name, its footprint from the per-1024-token line and the share of copy
-    bandwidth it ran at. kernel_lines: {(impl, mode, (p, n, chunk, g), kernel): line}."""
+    bandwidth it ran at; and its resident programs per SM from `programs` (compile_tables), where it has them.
+    kernel_lines: {(impl, mode, (p, n, chunk, g), kernel): line}."""
     rows = []
     for (name, mode), columns in kernel_times.items():
         shape = parse_shape(name)
@@ -133,7 +160,8 @@ def kernel_shares(kernel_lines: dict, kernel_times: dict, bandwidth: float) -> l
                 line = kernel_lines.get((impl, mode, (shape.p, shape.n, shape.chunk, shape.g), kernel))
                 footprint = scale(line, shape) if line else None
                 rows.append(dict(shape=name, mode=mode, impl=impl, kernel=kernel, launches=launches, seconds=seconds,
-                                 footprint=footprint, share=footprint / seconds / bandwidth if footprint else None))
+                                 footprint=footprint, share=footprint / seconds / bandwidth if footprint else None,
+                                 programs=(programs or {}).get(impl, {}).get(kernel, "n/a")))
     return rows
 
 
@@ -179,11 +207,12 @@ def report(rows, checks, heads, gpu_table: Path, bandwidth, command, launch_chan
     if kernels:
         lines += ["", "Each kernel of the step profiles against copy bandwidth (ours at its default launch; n/a: a "
                   "kernel the interpreter does not count, such as torch's own):", "",
-                  "| shape | mode | impl | kernel | launches | measured us | footprint MB | share of copy bandwidth |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| shape | mode | impl | kernel | launches | measured us | footprint MB | share of copy bandwidth | "
+                  "resident programs per SM (sm_90 compile) |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {k['shape']} | {k['mode']} | {k['impl']} | `{k['kernel']}` | {k['launches']} | "
                   f"{k['seconds'] * 1e6:.1f} | " + (f"{k['footprint'] / 1e6:.1f} | {100 * k['share']:.0f}% |"
-                                                    if k["footprint"] else "n/a | n/a |") for k in kernels]
+                                                    if k["footprint"] else "n/a | n/a |") + f" {k['programs']} |"
+                  for k in kernels]
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +225,9 @@ def main(argv=None):
                         help="head numbers counted only to check the line (none: skip)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--no-keep", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--compile-dir", type=Path, default=RESULTS,
+                        help="where the kept compile tables are (their Triton should be the GPU table's: "
+                             f"{RESULTS.name}/triton-3.6.0 for session 9's H200)")
     parser.add_argument("--change", action="append", default=[], metavar="FIELD=VALUE",
                         help="count ours under default_launch with this Launch field changed (repeatable)")
     args = parser.parse_args(argv)
@@ -228,7 +260,7 @@ def main(argv=None):
     command = "TRITON_INTERPRET=1 python -m kernels.benchmarks.predict " + " ".join(
         argv if argv is not None else sys.argv[1:])
     text = report(rows, checks, args.heads, args.gpu_table, bandwidth, command.strip(), launch_change,
-                  kernel_shares(kernel_lines, kernel_times, bandwidth))
+                  kernel_shares(kernel_lines, kernel_times, bandwidth, compile_tables(args.compile_dir)))
     print(text)
     if not args.no_keep:
         args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,24 @@ def test_main_reads_each_profiled_kernel_against_copy_bandwidth(tmp_path, monkey
     text, = [path.read_text() for path in tmp_path.glob("ssd_predicted_GPU_*.md")]
     # 64 x 80 MB = 5.12 GB in 2.923 ms: 1752 GB/s, 60% of the table's copy bandwidth (2923 GB/s); mamba_ssm's
     # 10.24 GB in 4 ms, 88%.
-    assert "| B1_L65536_H80_P64_N128_C256 | fwd | ours | `_chunk_output` | 1 | 2923.0 | 5120.0 | 60% |" in text
-    assert "| fwd | mamba_ssm | `_chunk_scan_fwd_kernel` | 1 | 4000.0 | 10240.0 | 88% |" in text
-    assert "| ours | `void at::native::reduce_kernel<...>` | 3 | 10.0 | n/a | n/a |" in text
+    # Beside each, its resident programs per SM from the kept compile tables (ours default, mamba_ssm untuned).
+    assert "| B1_L65536_H80_P64_N128_C256 | fwd | ours | `_chunk_output` | 1 | 2923.0 | 5120.0 | 60% | 2 |" in text
+    assert "| fwd | mamba_ssm | `_chunk_scan_fwd_kernel` | 1 | 4000.0 | 10240.0 | 88% | 4 |" in text
+    assert "| ours | `void at::native::reduce_kernel<...>` | 3 | 10.0 | n/a | n/a | n/a |" in text
+
+
+def test_reads_resident_programs_from_a_compile_table(tmp_path):
+    def row(launch, phase, kernel, resident):
+        return f"| {launch} | {phase} | {kernel} | 4 | - | 0.0 | yes | 40 | 0 | {resident} | - |"
+    table = tmp_path / "ssd_compile_sm90_2026-11-30.md"
+    table.write_text("\n".join([
+        "| launch | pass | kernel | warps | products | shared KB | fits | registers | spill | resident | waits |",
+        "|---" * 11 + "|", row("T 128, bf16", "forward", "_k", "64 (16; warps)"),
+        row("default, bf16", "forward", "_k", "48 (12; registers)"),
+        row("default, bf16", "backward", "_k", "40 (10; registers)"),
+        row("default, bf16", "backward", "_j", "16 (2; registers)")]))
+    # A table of several dtypes labels the launch "default, bf16"; forward / backward where they differ.
+    assert predict.read_programs(table, ("default", "default, bf16")) == {"_k": "12 / 10", "_j": "2"}
+    assert predict.read_programs(tmp_path / "none.md", ("default",)) == {}
+    kept = predict.compile_tables(predict.RESULTS)
+    assert kept["ours"]["_chunk_output"] == "2" and kept["mamba_ssm"]["_chunk_scan_fwd_kernel"] == "4"
