@@ -127,12 +127,12 @@ def read_kernel_times(path: Path) -> dict[tuple[str, str], dict[str, dict[str, t
 def read_programs(path: Path, launches: tuple[str, ...]) -> dict[str, str]:
     """A kept `make bench-compile` table -> {kernel: resident programs per SM at the first of `launches` (launch
     labels, or a label's end) the table has, "forward / backward" where the two passes differ}; {} if no file."""
-    found = {}
     if path is None or not path.exists():
         return {}
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()
             if line.startswith("| ")]
     label = next((want for want in launches for row in rows if row[0].endswith(want)), None)
+    found = {}
     for row in rows:
         if label is not None and row[0].endswith(label) and (programs := re.match(r"\d+ \((\d+);", row[9])):
             found.setdefault(row[2], {})[row[1]] = programs[1]
