@@ -80,6 +80,11 @@ def counting_shape(shape: SSDShape, h: int) -> SSDShape:
     return SSDShape(b=1, l=COUNT_TOKENS, h=h, p=shape.p, n=shape.n, chunk=shape.chunk, g=shape.g)
 
 
+def _cells(line: str) -> list[str]:
+    """A markdown table row's cells, stripped."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def read_gpu_table(path: Path) -> tuple[float, dict[tuple[str, str], dict[str, float]]]:
     """A kept `kernels.benchmarks.ssd --suite gpu` table -> (copy bandwidth bytes/s,
     {(shape, mode): {implementation: seconds}}); cells that say n/a are left out."""
@@ -89,11 +94,11 @@ def read_gpu_table(path: Path) -> tuple[float, dict[tuple[str, str], dict[str, f
     if header is None or bandwidth is None:
         raise ValueError(f"kernels.benchmarks.predict: {path}: no GPU-suite table (a '| shape | mode |' header "
                          "naming the copy bandwidth)")
-    columns = [c.strip() for c in header.strip("|").split("|")]
+    columns = _cells(header)
     impls = {i: c.split(":")[0] for i, c in enumerate(columns) if c.endswith("(% of copy)")}
     times = {}
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = _cells(line)
         if not line.startswith("| ") or len(cells) != len(columns) or cells[0] in ("shape", "---"):
             continue
         for i, impl in impls.items():
@@ -113,7 +118,7 @@ def read_kernel_times(path: Path) -> dict[tuple[str, str], dict[str, dict[str, t
         if heading := re.fullmatch(r"### (\S+), (fwd|fwd\+bwd)", line):
             section, columns = (heading[1], heading[2]), None
         elif section and line.startswith("| "):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            cells = _cells(line)
             if columns is None:
                 columns = [c.removesuffix(": kernel") for c in cells[::4]]
                 continue
@@ -129,8 +134,7 @@ def read_programs(path: Path, launches: tuple[str, ...]) -> dict[str, str]:
     labels, or a label's end) the table has, "forward / backward" where the two passes differ}; {} if no file."""
     if path is None or not path.exists():
         return {}
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()
-            if line.startswith("| ")]
+    rows = [_cells(line) for line in path.read_text().splitlines() if line.startswith("| ")]
     label = next((want for want in launches for row in rows if row[0].endswith(want)), None)
     found = {}
     for row in rows:

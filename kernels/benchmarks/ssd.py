@@ -260,6 +260,9 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
     largest_first = sorted(shapes.values(), key=lambda shape: -shape.b * shape.l * shape.h)
     profiled = {SWEEP_SHAPE, largest_first[0].name}
     rows, profiles = {}, []
+
+    def in_registry_order():
+        return [row for name in shapes if name in rows for row in rows[name]]
     with contextlib.ExitStack() as stack:
         if device == "cpu":  # mamba_ssm's kernels run in the interpreter too, where it is installed
             if mamba_ssm_installed():
@@ -278,8 +281,8 @@ def gpu_suite(tiny: bool, reps: int, swept: dict | None = None, tuner=None,
             if shape.name in profiled:  # ours beside mamba_ssm's, all compiled (and tuned) by now
                 profiles.append(step_profiles(shape, inputs, {i: fns[i] for i in (TUNED, *GPU_IMPLS) if i in fns},
                                               device))
-            on_shape(header, [row for name in shapes if name in rows for row in rows[name]], "\n".join(profiles))
-    return header, [row for name in shapes for row in rows[name]], "\n".join(profiles)
+            on_shape(header, in_registry_order(), "\n".join(profiles))
+    return header, in_registry_order(), "\n".join(profiles)
 
 
 def _gpu_rows(shape, inputs, fns, device, reps, sync, copy_bw) -> list[list[str]]:
