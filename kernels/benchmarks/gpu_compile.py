@@ -1,6 +1,6 @@
 """Compile our Triton SSD kernels for a GPU on any machine: what each needs in shared memory, registers and
-spill stack, per launch. Triton's wheel ships ptxas and cuobjdump, so neither a GPU nor a driver is needed,
-and what a GPU run would fail on (shared memory) or slow down on (spills) shows here first.
+spill stack, per launch. Triton's wheel ships ptxas, cuobjdump and nvdisasm, so neither a GPU nor a driver is
+needed, and what a GPU run would fail on (shared memory) or slow down on (spills, waits) shows here first.
 
     python -m kernels.benchmarks.gpu_compile                     # sm_90 (H100, H200), the launch sweep's variants
     python -m kernels.benchmarks.gpu_compile --arch 80 --default-only --json
@@ -14,8 +14,9 @@ and cuobjdump reads the registers and stack of the cubin. From registers, warps 
 occupancy rules give the warps an SM keeps resident, and the programs (blocks) they make up: a program's loads
 are waited for behind the other programs', each an independent chain of load, product and store (more warps in
 one program split its tile, but its chain stays one).
-Triton's IR after software pipelining names the loads a loop still waits for at every iteration
-(`waited_loads`): those its pipelining did not issue ahead. Must run without TRITON_INTERPRET.
+The machine code (nvdisasm) names the loads a loop still waits for at every iteration (`waited_loads`): those
+whose registers an instruction of the same iteration reads, whether Triton's pipelining left them in the loop or
+ptxas copies them at the loop's end. Must run without TRITON_INTERPRET.
 """
 import argparse
 import contextlib
@@ -176,7 +177,7 @@ def compile_call(kernel, args, kwargs, arch):
     registers, stack = _resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
-    return compiled.metadata.shared, registers, stack, mma, waited_loads(compiled.asm["ttgir"])
+    return compiled.metadata.shared, registers, stack, mma, waited_loads(_sass(compiled.asm["cubin"]))
 
 
 def launcher_signature(kernel, args, kwargs) -> tuple[dict, dict, dict]:
@@ -208,38 +209,43 @@ def launcher_signature(kernel, args, kwargs) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def waited_loads(ttgir: str) -> list[int]:
-    """The source lines of the loads inside a loop whose value the same iteration uses, from Triton's TTGIR after
-    software pipelining (a load inlined from a helper is named by the kernel's line that calls it). A pipelined
-    load became an async copy to shared memory, or a load whose value the loop carries (scf.yield) to the next
-    iteration; any other load in a loop is waited for, every iteration, by warps that could be computing.
-    Triton pipelines the loads that feed a product's operands, not those that only scale its result."""
-    definitions = dict(re.findall(r"^(#loc\d+) = loc\((.*)\)$", ttgir, re.M))
+def waited_loads(sass: str) -> list[int]:
+    """The source lines of the global loads a loop waits for in the same iteration, from the machine code
+    (`nvdisasm -g`: SASS with each instruction's source line; a load inlined from a helper is named by the helper's
+    line). A load (LDG, into registers) waited for is one whose registers a later instruction of the same pass
+    through the loop reads or overwrites: the warp stalls there until the load lands. A load issued ahead is used
+    only at the top of the next iteration, and async copies to shared memory (LDGSTS, Triton's pipelining of a
+    product's operands) are waited for by count (DEPBAR), not here.
+    Read from the machine code, not Triton's IR: a load the IR carries to the next iteration can still be waited
+    for, when ptxas copies the carried registers (MOV) at the loop's end while the load is in flight."""
+    instructions, labels, line = [], {}, 0  # instructions: (opcode, operands, source line)
+    for text in sass.splitlines():
+        text = text.strip()
+        if located := re.match(r'//## File ".*", line (\d+)', text):
+            line = int(located[1])
+        elif label := re.fullmatch(r"(\.L_x_\d+):", text):
+            labels[label[1]] = len(instructions)
+        elif code := re.match(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(\S+)\s*(.*?)\s*;", text):
+            instructions.append((code[1], code[2], line))
 
-    def line_of(ref: str, depth=0) -> int:
-        text = definitions.get(ref, "")
-        if depth > 50 or not text:
-            return 0
-        if called := re.fullmatch(r"callsite\((#loc\d+) at (#loc\d+)\)", text):
-            return line_of(called[2], depth + 1)  # the caller's line: the kernel's, not the helper's
-        if named := re.fullmatch(r'"[^"]*"\((#loc\d+)\)', text):
-            return line_of(named[1], depth + 1)
-        return int(at[1]) if (at := re.match(r'"[^"]*":(\d+):', text)) else 0
+    def registers(operands: str) -> set[int]:  # R4 is one register; R4.64, an address, is R4 and R5
+        found = set()
+        for number, pair in re.findall(r"\bR(\d+)(\.64)?\b", operands):
+            found |= {int(number), int(number) + 1} if pair else {int(number)}
+        return found
 
-    waited, regions = [], []  # regions: for each open region, [is a loop, its loads (name, line)]
-    for line in ttgir.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("scf.yield") and regions and regions[-1][0]:
-            carried = set(re.findall(r"%[\w.#]+", stripped))
-            waited += [source for name, source in regions[-1][1] if name not in carried]
-            regions[-1][1] = []
-        if stripped.startswith("}") and regions:
-            regions.pop()
-        if load := re.match(r"(%[\w.#]+) = tt\.load .*loc\((#loc\d+)\)$", stripped):
-            if regions and regions[-1][0]:
-                regions[-1][1].append((load[1], line_of(load[2])))
-        if stripped.endswith("{"):
-            regions.append([" scf.for " in f" {stripped} ", []])
+    waited = set()
+    for end, (opcode, operands, _) in enumerate(instructions):
+        target = re.search(r"`\((\.L_x_\d+)\)", operands) if opcode.startswith("BRA") else None
+        if target is None or labels.get(target[1], end + 1) > end:
+            continue  # not a branch back: not a loop
+        body = instructions[labels[target[1]]:end + 1]
+        for i, (load, operands, source) in enumerate(body):
+            if load.startswith("LDG") and not load.startswith(("LDGSTS", "LDGDEPBAR")):
+                first = int(re.match(r"R(\d+)", operands)[1])
+                loaded = set(range(first, first + (4 if ".128" in load else 2 if ".64" in load else 1)))
+                if any(loaded & registers(later) for _, later, _ in body[i + 1:]):
+                    waited.add(source)
     return sorted(waited)
 
 
@@ -254,16 +260,24 @@ def resident_warps(arch: int, registers: int, warps: int, shared: int) -> tuple[
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    usage = next(line for line in _cuda_tool("cuobjdump", cubin, "-res-usage").splitlines() if "REG:" in line)
+    fields = dict(field.split(":") for field in usage.split())
+    return int(fields["REG"]), int(fields["STACK"])
+
+
+def _sass(cubin: bytes) -> str:
+    """The cubin's machine code, each instruction under its source line (Triton compiles with line info)."""
+    return _cuda_tool("nvdisasm", cubin, "--print-code", "--print-line-info")
+
+
+def _cuda_tool(name: str, cubin: bytes, *flags: str) -> str:
+    """Run one of the CUDA binary tools Triton's wheel ships on a cubin; its standard output."""
     import triton
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        out = subprocess.run([str(cuobjdump), "-res-usage", file.name], capture_output=True, text=True,
-                             check=True).stdout
-    usage = next(line for line in out.splitlines() if "REG:" in line)
-    fields = dict(field.split(":") for field in usage.split())
-    return int(fields["REG"]), int(fields["STACK"])
+        return subprocess.run([str(tool), *flags, file.name], capture_output=True, text=True, check=True).stdout
 
 
 def report(arch: int, variants: dict[str, dict], dtypes=("bf16",), packed=(False,)) -> list[dict]:

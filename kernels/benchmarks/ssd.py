@@ -334,9 +334,10 @@ SWEEP_SHAPE = "B2_L8192_H80_P64_N128_C256"
 # The sweep prints a step's kernel times (torch.profiler) for these: the default; the variant that replaces
 # kernels, so that _state_pass's time reads against _chunk_state's and _state_scan's; and the two that give the
 # gradient kernels 16 resident warps, as 2 programs of 8 warps and as 4 of 4, so that each gradient kernel's time
-# says whether programs or warps count (kernels/JOURNAL.md, session 15).
+# says whether programs or warps count (kernels/JOURNAL.md, session 15); and _state_scan waiting for each chunk's
+# loads, against the default's pipelined loop: whether waiting was why it ran at 10 us a chunk (session 16).
 PROFILED_VARIANTS = ("default", "states in one pass", "gradient kernels 8 warps, 128 registers, n tile 64",
-                     "gradients Q 32, 128 registers, n tile 64")
+                     "gradients Q 32, 128 registers, n tile 64", "state scan loads not ahead")
 
 
 def launch_sweep(tiny: bool, reps: int, best_path: Path | None = None) -> tuple[list[str], list[list[str]]]:

@@ -43,9 +43,11 @@ tiles of one chunk next to each other, so that the state and inputs they share c
 States are kept once per chunk, in fp32 (or 16 bits: `Launch.states_16bit`), and so is C_t . B_s
 (`Launch.cb_16bit`); loads are cast to fp32, products take fp32 operands (tf32 or exact) or 16-bit ones
 (`Launch.prec`), and every accumulation is fp32.
-Triton's software pipelining issues a loop's next loads early only where they feed a product's operands; the
-per-token weights that scale a product's result are loaded a head or an iteration ahead by hand (`_next_head`),
-and so are _state_scan's, so that at the default launch no loop waits for a load (`make bench-compile` lists them).
+Triton's software pipelining issues a loop's next loads early only where they feed a product's operands (or, when
+asked, in a loop without products: _state_scan's); the per-token weights that scale a product's result are loaded
+a head ahead by hand (`_next_head`), or all of a block's heads before the loop (_chunk_grad_CB). Whether a loop
+still waits for a load shows only in the machine code, where ptxas can copy the registers a loop carries at its
+end, waiting there for the load: at the default launch on 16-bit inputs no loop waits (`make bench-compile`).
 The first version kept a state every Q tokens and, measured on an H100, spent the forward writing
 and reading them (kernels/JOURNAL.md).
 """
@@ -256,27 +258,15 @@ def _chunk_state(u_ptr, v_ptr, wt_ptr, out_ptr, l, Lp, h, g, P, N, num_chunks,
         u = _load_rows(u_ptr, i_b, i_h, t0, l, h, P, Q, BP, 0)
         v = _load_rows(v_ptr, i_b, i_g, t0, l, g, N, Q, BN, i_n * BN)
         wt = tl.load(wt_ptr + tok + t0 + tl.arange(0, Q))
-        acc += _dot(tl.trans(u * wt[:, None]), v, PREC)
+        # Which operand the weights scale decides how ptxas compiles the loop (make bench-compile): on 16-bit
+        # operands, scaling u left its tile waited for in each iteration (Triton 3.7), scaling v waits for none; on
+        # fp32 ones (FMA units), scaling v spilled 400 bytes a thread.
+        if PREC == "bf16" or PREC == "fp16":
+            acc += _dot(tl.trans(u), v * wt[:, None], PREC)
+        else:
+            acc += _dot(tl.trans(u * wt[:, None]), v, PREC)
     offs, mask = _state_tile(i_bh, c, num_chunks, P, N, BP, BN, i_n * BN)
     tl.store(out_ptr + offs, acc, mask=mask)
-
-
-@triton.jit
-def _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i, num_chunks, PN, offs, mask,
-                REVERSE: tl.constexpr, HAS_DOT: tl.constexpr):
-    """What _state_scan's iteration i reads: its chunk's row (b*h, chunks) index, own, decay and (HAS_DOT) S (own
-    in its place without: unused), each in its buffer's dtype (a conversion here would wait for the load). Nothing
-    is read for i = num_chunks, the iteration after the last."""
-    if REVERSE:
-        here = i_bh * num_chunks + num_chunks - 1 - i
-    else:
-        here = i_bh * num_chunks + i
-    valid = i < num_chunks
-    own = tl.load(own_ptr + here * PN + offs, mask=mask & valid, other=0.0)
-    S = own
-    if HAS_DOT:
-        S = tl.load(with_ptr + here * PN + offs, mask=mask & valid, other=0.0)
-    return here, own, tl.load(decay_ptr + here, mask=valid, other=0.0), S
 
 
 @triton.jit
@@ -289,9 +279,10 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
     dL/dS_c from chunk c's outputs, out = dL/d(state leaving chunk c), final = dL/d initial_states, and
     (HAS_DOT) this block's share of dL/d decay_c = <out[c], S_c>, S = with (b*h, chunks, PN), to
     dot (b*h, chunks, blocks): the host sums the blocks.
-    Triton's software pipelining leaves in the loop the loads that feed no product, so each chunk would wait for
-    its own before its carry could be updated (make bench-compile): with STAGES None they are issued a chunk ahead
-    by hand, into registers. STAGES pipelines the loop instead (next chunks' loads staged in shared memory)."""
+    The loop's loads feed no product, so Triton pipelines them only when asked: STAGES (Launch.scan_stages) issues
+    the next STAGES - 1 chunks' loads as async copies into shared memory. Loaded a chunk ahead by hand into
+    registers instead, they were waited for all the same: ptxas copied the carried registers at the loop's end,
+    while the load was in flight (make bench-compile reads that from the machine code)."""
     i_bh = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < PN
@@ -299,20 +290,17 @@ def _state_scan(own_ptr, decay_ptr, init_ptr, out_ptr, final_ptr, with_ptr, dot_
         carry = tl.load(init_ptr + i_bh * PN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK,), tl.float32)
-    if STAGES is None:
-        ahead = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, 0, num_chunks, PN, offs, mask, REVERSE, HAS_DOT)
     for i in tl.range(num_chunks, num_stages=STAGES):
-        if STAGES is None:
-            here, own, decay, S = ahead
-            ahead = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i + 1, num_chunks, PN, offs, mask, REVERSE,
-                                HAS_DOT)
+        if REVERSE:
+            here = i_bh * num_chunks + num_chunks - 1 - i
         else:
-            here, own, decay, S = _scan_loads(own_ptr, decay_ptr, with_ptr, i_bh, i, num_chunks, PN, offs, mask,
-                                              REVERSE, HAS_DOT)
+            here = i_bh * num_chunks + i
+        own = tl.load(own_ptr + here * PN + offs, mask=mask, other=0.0)
         tl.store(out_ptr + here * PN + offs, carry.to(out_ptr.dtype.element_ty), mask=mask)
         if HAS_DOT:
-            tl.store(dot_ptr + here * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S.to(tl.float32), 0))
-        carry = decay * carry + own
+            S = tl.load(with_ptr + here * PN + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dot_ptr + here * tl.num_programs(1) + tl.program_id(1), tl.sum(carry * S, 0))
+        carry = tl.load(decay_ptr + here) * carry + own
     tl.store(final_ptr + i_bh * PN + offs, carry, mask=mask)
 
 
@@ -439,6 +427,20 @@ def _tile_pair_weights(cum_ptr, dt_ptr, tok, t_m, t_k):
 
 
 @triton.jit
+def _split_weights(cum_ptr, dt_ptr, i_bh0, t_m, t_k, Lp, HP: tl.constexpr):
+    """_tile_pair_weights of heads i_bh0..i_bh0 + HP (HP a power of two) as (HP, Q) tiles, a head a row."""
+    rows = ((i_bh0 + tl.arange(0, HP)) * Lp)[:, None]
+    return (tl.load(cum_ptr + rows + t_m[None, :]), tl.load(cum_ptr + rows + t_k[None, :]),
+            tl.load(dt_ptr + rows + t_k[None, :]))
+
+
+@triton.jit
+def _head_row(tile, j, HP: tl.constexpr):
+    """Row j of an (HP, Q) tile of _split_weights."""
+    return tl.sum(tl.where(tl.arange(0, HP)[:, None] == j, tile, 0.0), 0)
+
+
+@triton.jit
 def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcum_ptr,
                    l, Lp, h, g, P, N, num_chunks,
                    T: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, HP: tl.constexpr,
@@ -459,15 +461,22 @@ def _chunk_grad_CB(dy_ptr, x_ptr, CB_ptr, dt_ptr, cum_ptr, seq_ptr, dCB_ptr, dcu
         CB = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q)
         dCB = tl.zeros((Q, Q), tl.float32)
         seq_m, seq_k = _seq_ids(seq_ptr, i_b * Lp, t_m, HAS_SEQ), _seq_ids(seq_ptr, i_b * Lp, t_k, HAS_SEQ)
-        cum_m, cum_k, dt_k = _tile_pair_weights(cum_ptr, dt_ptr, (i_b * h + head0) * Lp, t_m, t_k)
+        # The weights of every head of the split, loaded before the loop as (HP, Q) tiles, where they fit: loaded a
+        # head ahead instead, they were copied at the loop's end by ptxas, which waited there for them (make
+        # bench-compile). With fp32 products (FMA units) the tiles spilled 272 bytes a thread.
+        PRELOAD: tl.constexpr = HP <= 8 and (PREC == "bf16" or PREC == "fp16")
+        if PRELOAD:
+            cum_ms, cum_ks, dt_ks = _split_weights(cum_ptr, dt_ptr, i_b * h + head0, t_m, t_k, Lp, HP)
         for j in range(HP):
             i_bh = i_b * h + head0 + j
+            if PRELOAD:
+                cum_m, cum_k, dt_k = _head_row(cum_ms, j, HP), _head_row(cum_ks, j, HP), _head_row(dt_ks, j, HP)
+            else:
+                cum_m, cum_k, dt_k = _tile_pair_weights(cum_ptr, dt_ptr, i_bh * Lp, t_m, t_k)
             dy_m = _load_rows(dy_ptr, i_b, head0 + j, c * T + m * Q, l, h, P, Q, BP, 0)
             x_k = _load_rows(x_ptr, i_b, head0 + j, c * T + k * Q, l, h, P, Q, BP, 0)
             decay = _in_chunk_decay(cum_m, cum_k, _in_chunk_keep(t_m, t_k, seq_m, seq_k, HAS_SEQ))
             dM_decay_dt = _dot(dy_m, tl.trans(x_k), PREC) * decay * dt_k[None, :]
-            # The next head's, a head ahead (_next_head's reason).
-            cum_m, cum_k, dt_k = _tile_pair_weights(cum_ptr, dt_ptr, _next_head(i_b * h + head0, j, HP, Lp), t_m, t_k)
             tl.store(dcum_ptr + (i_bh * (T // Q) + k) * Lp + t_m, tl.sum(dM_decay_dt * CB, 1))
             dCB += dM_decay_dt
         rows, cols = m * Q + tl.arange(0, Q), k * Q + tl.arange(0, Q)
@@ -582,7 +591,7 @@ class Launch:
     grad_warps: int   # the gradient kernels
     heads_per_program: int  # _chunk_grad_CB, _C and _B sum over this many heads of a group in registers
     prec: str         # tl.dot operands: fp32 at "ieee" or "tf32" precision, or rounded to "bf16" / "fp16"
-    scan_stages: int = 0  # _state_scan's loop pipelined into this many stages (1: none; 0: loads ahead by hand)
+    scan_stages: int = 3  # _state_scan's loop pipelined: the next scan_stages - 1 chunks' loads in flight
     grad_maxnreg: int = 0  # registers a thread of the gradient kernels may hold (0: ptxas's choice)
     stages: int = 0   # software-pipelining stages of the forward's tile kernels' loops (0: Triton's default, 3)
     grad_stages: int = 0  # and of the gradient kernels' loops
@@ -615,6 +624,9 @@ class Launch:
             if getattr(self, name) and self.prec not in ("bf16", "fp16"):
                 raise ValueError(f"kernels.ssd triton Launch: {name} with prec = {self.prec!r}; expected prec 'bf16' "
                                  "or 'fp16' (16 bits means the products' operand type)")
+        if self.scan_stages < 1:
+            raise ValueError(f"kernels.ssd triton Launch: scan_stages = {self.scan_stages}; expected at least 1 (1: "
+                             "_state_scan issues no load ahead)")
         for name in ("Q", "grad_Q"):
             tile = getattr(self, name)
             if tile > self.T or self.T % tile or tile < 16:
@@ -763,8 +775,11 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
     flags = dict(REVERSE=reverse, HAS_INIT=init is not None, HAS_DOT=dot_with is not None)
     if launch.one_pass_states:
         carries = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=launch.states_dtype)
+        # At Triton's default 3 stages ptxas copies the tile of u pipelined in registers at the loop's end, and waits
+        # there for its load every tile; at 2 the loop waits for no load but, in reverse, the state at a chunk's
+        # start (make bench-compile).
         _state_pass[(b * h, n_tiles)](u, v, weights, decay, *scan_args(carries), *sizes, **tiles,
-                                      BN=launch.BN_state, **flags, **launch.options())
+                                      BN=launch.BN_state, **flags, **({"num_stages": 2} | launch.options()))
     else:
         own = torch.empty(b, h, num_chunks, p, n, device=u.device, dtype=torch.float32)
         _chunk_state[(b * h, num_chunks, n_tiles)](u, v, weights, own, *sizes, **tiles, BN=launch.BN_state,
@@ -772,7 +787,7 @@ def _chunk_carries(u, v, weights, decay, init, reverse, launch, dot_with=None):
         # fp32 carries replace each chunk's own contribution in place; 16-bit ones need their own buffer.
         carries = own if launch.states_dtype == torch.float32 else torch.empty_like(own, dtype=launch.states_dtype)
         _state_scan[(b * h, parts)](own, decay, *scan_args(carries), num_chunks, p * n, BLOCK=launch.scan_block,
-                                    STAGES=launch.scan_stages or None, **flags)
+                                    STAGES=launch.scan_stages, **flags)
     return carries, last, None if dots is None else dots.sum(-1)
 
 

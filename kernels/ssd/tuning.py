@@ -52,6 +52,10 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "states in one pass, n tile 32": dict(one_pass_states=True, BN_state=32),
         # The fewest bytes a step counted (0.31-0.33x mamba_ssm's at L 1024, H 8 and 32).
         "states in one pass, 16-bit": dict(one_pass_states=True, states_16bit=True),
+        # _state_scan's loop waiting for each chunk's loads (1 stage), as on session 9's H200 (and in the machine code
+        # of session 15's loads ahead by hand): whether the default's, two chunks ahead (Triton's pipelining, 3
+        # stages, in shared memory), pay, which no GPU has timed.
+        "state scan loads not ahead": dict(scan_stages=1),
         # The gradient kernels hold 186-255 registers at 4 warps and Q 64, 8 resident warps per SM (make
         # bench-compile), where mamba_ssm's backward kernels hold 10-32. At 8 warps they hold 130-199, still 8
         # resident; capped at 128 (ptxas's maxnreg), 16 resident, and only _chunk_grad_C spills, 56 B a thread.
@@ -83,13 +87,6 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "forward Q 32": dict(Q=32),
         # At Q 32: 124-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma.
         "gradients Q 32": dict(grad_Q=32),
-        # _state_scan's loads two chunks ahead, staged in shared memory by tl.range's software pipelining, where the
-        # default loads one chunk ahead into registers. (A block of 256 ran the forward 1.08x faster and the step
-        # 0.96x in the H200 sweep, when neither was ahead.)
-        "state scan pipelined, 3 stages": dict(scan_stages=3),
-        # And the order before session 15, each chunk's loads waited for (one stage: nothing issued ahead): whether
-        # loads issued ahead pay at all, which no GPU has timed.
-        "state scan loads not ahead": dict(scan_stages=1),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
         # One program per group writes dC and dB once, in B's dtype, where the default writes an fp32 partial per

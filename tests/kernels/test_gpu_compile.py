@@ -38,9 +38,19 @@ def test_default_launch_compiles_for_sm90_and_fits_its_shared_memory():
     # forward and backward: every kernel launched (_state_pass stands for _chunk_state and _state_scan when asked)
     assert {row["kernel"] for row in rows} == set(KERNELS) - {"_state_pass"}
     assert [row for row in rows if not row["fits"]] == []
-    # Every loop issues its loads ahead of the iteration that uses them: Triton's pipelining those of a product's
-    # operands, by hand the per-token weights and _state_scan's (which waited for two, then three, until session 15).
-    assert {row["kernel"]: row["waited_loads"] for row in rows if row["waited_loads"]} == {}
+    # On 16-bit inputs (products on tensor cores, the benchmarks' path) every loop issues its loads ahead of the
+    # iteration that uses them, as the machine code shows: Triton's pipelining, or by hand the per-token weights
+    # (_state_scan's by hand and _chunk_grad_CB's a head ahead were waited for until session 16, copied by ptxas at the
+    # loop's end). fp32 inputs' products run on FMA units and spill up to 2 KB a thread anyway.
+    assert {row["kernel"]: row["waited_loads"] for row in rows
+            if row["waited_loads"] and "fp32" not in row["launch"]} == {}
+
+
+def source_line(text: str) -> int:
+    """The line of kernels/ssd/triton_chunked.py that starts with text (stripped)."""
+    lines = (ROOT / "kernels" / "ssd" / "triton_chunked.py").read_text().splitlines()
+    [number] = [i + 1 for i, line in enumerate(lines) if line.strip().startswith(text)]
+    return number
 
 
 def test_the_states_in_one_pass_wait_only_for_the_states_at_a_chunks_start():
@@ -48,49 +58,47 @@ def test_the_states_in_one_pass_wait_only_for_the_states_at_a_chunks_start():
     # held from the iteration before, it cost 61 registers a thread.
     rows = compile_for_sm90("--change", "one_pass_states=true")
     waited = {(row["phase"], row["kernel"]): row["waited_loads"] for row in rows if row["waited_loads"]}
-    assert list(waited) == [("backward", "_state_pass")] and len(waited["backward", "_state_pass"]) == 1, waited
+    assert waited == {("backward", "_state_pass"): [source_line("S = tl.load(with_ptr + here, mask=mask & first")]}
 
 
-# A loop (lines 20-30 of a kernel) that waits for two loads, one inlined from a helper (line 5, called at line 21),
-# and carries a third to its next iteration; a load before the loop; a branch inside it.
-TTGIR = '''#loc1 = loc("/src/triton_chunked.py":5:12)
-#loc2 = loc("/src/triton_chunked.py":21:8)
-#loc3 = loc(callsite(#loc1 at #loc2))
-#loc4 = loc("/src/triton_chunked.py":22:8)
-#loc5 = loc("w"(#loc4))
-#loc6 = loc("/src/triton_chunked.py":29:8)
-#loc7 = loc("/src/triton_chunked.py":12:4)
-module {
-  tt.func public @kernel(%arg0: !tt.ptr<f32>) {
-    %a = tt.load %p0 : tensor<64x!tt.ptr<f32>> loc(#loc7)
-    %r:2 = scf.for %i = %c0 to %c4 step %c1 iter_args(%acc = %a, %next = %a) -> (tensor<64xf32>, tensor<64xf32>) {
-      %u = tt.load %p1 : tensor<64x!tt.ptr<f32>> loc(#loc3)
-      %w = tt.load %p2 : tensor<64x!tt.ptr<f32>> loc(#loc5)
-      %s = scf.if %cond -> (tensor<64xf32>) {
-        scf.yield %u : tensor<64xf32>
-      } else {
-        scf.yield %w : tensor<64xf32>
-      } loc(#loc6)
-      %n = tt.load %p3 : tensor<64x!tt.ptr<f32>> loc(#loc6)
-      scf.yield %s, %n : tensor<64xf32>, tensor<64xf32>
-    } loc(#loc6)
-    tt.return loc(#loc7)
-  } loc(#loc7)
-} loc(#loc7)
-'''
+# A loop (.L_x_1 to the branch back) as nvdisasm prints it: a load used in the same iteration (line 21, read by
+# the FFMA), one whose registers are copied at the loop's end (line 22, R8..R11 by the MOV), one issued ahead
+# (line 23: read only at the loop's top, before it is issued again), an async copy to shared memory (line 24) and a
+# load after the loop (line 30).
+SASS = """
+.L_x_1:
+	//## File "/src/triton_chunked.py", line 20
+        /*0100*/                   FFMA R2, R2, R20, R3 ;
+	//## File "/src/triton_chunked.py", line 21
+        /*0110*/              @!P0 LDG.E R4, desc[UR4][R6.64] ;
+	//## File "/src/triton_chunked.py", line 22
+        /*0120*/                   LDG.E.128 R12, desc[UR4][R6.64+0x10] ;
+	//## File "/src/triton_chunked.py", line 23
+        /*0130*/                   LDG.E R20, desc[UR4][R16.64] ;
+	//## File "/src/triton_chunked.py", line 24
+        /*0140*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R18.64] ;
+        /*0150*/                   FFMA R5, R4, R5, RZ ;
+	//## File "/src/triton_chunked.py", line 20
+        /*0160*/                   MOV R8, R14 ;
+        /*0170*/              @P1 BRA `(.L_x_1) ;
+	//## File "/src/triton_chunked.py", line 30
+        /*0180*/                   LDG.E R4, desc[UR4][R6.64] ;
+        /*0190*/                   STG.E desc[UR4][R6.64], R4 ;
+        /*01a0*/                   EXIT ;
+"""
 
 
-def test_waited_loads_reads_a_pipelined_loop_by_hand():
-    assert waited_loads(TTGIR) == [21, 22]
-    # The same loop carrying u and w to its next iteration instead: now n is the one waited for.
-    assert waited_loads(TTGIR.replace("scf.yield %s, %n", "scf.yield %u, %w")) == [29]
+def test_waited_loads_reads_a_loop_of_machine_code_by_hand():
+    assert waited_loads(SASS) == [21, 22]
+    # A copy of registers no load writes: only line 21's load is waited for.
+    assert waited_loads(SASS.replace("MOV R8, R14", "MOV R8, R9")) == [21]
 
 
 def test_mamba_ssms_kernels_compile_and_pipeline_their_products_operands():
     # The peer's kernels, at the configs it runs without autotuning, compiled as its launches compile: each fits,
     # the x tile of _chunk_scan_fwd_kernel's in-chunk loop is issued ahead (its strides of 1 are constants to the
     # launcher; compiled as runtime integers, session 13 found it waited for), and the state passing's loop
-    # waits for each chunk's state, as ours does.
+    # waits for each chunk's state (ours pipelines it: Launch.scan_stages).
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None:
         pytest.skip("mamba-ssm is not installed (make install installs it)")

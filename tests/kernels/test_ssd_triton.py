@@ -191,11 +191,14 @@ def test_16bit_buffers_need_16bit_products(field):
                heads_per_program=1, prec="ieee", **{field: True})
 
 
-def test_triton_launch_rejects_what_does_not_divide():
+def test_triton_launch_rejects_what_it_cannot_run():
     from kernels.ssd.triton_chunked import Launch, ssd_scan_triton
+    fields = dict(T=32, Q=32, grad_Q=32, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
+                  heads_per_program=1, prec="ieee")
     with pytest.raises(ValueError, match="Q = 64, T = 32"):
-        Launch(T=32, Q=64, grad_Q=32, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
-               heads_per_program=1, prec="ieee")
+        Launch(**fields | dict(Q=64))
+    with pytest.raises(ValueError, match="scan_stages = 0; expected at least 1"):
+        Launch(**fields | dict(scan_stages=0))
     kw = make_inputs(Case("three_heads_per_group", b=1, l=5, h=3, g=1, p=16), torch.float32, DEVICE)
     launch = Launch(T=16, Q=16, grad_Q=16, BP=16, BN=16, BN_state=16, BN_grad=16, scan_block=256, warps=4, grad_warps=4,
                     heads_per_program=2, prec="ieee")

@@ -81,14 +81,14 @@ def more(heads_per_group):
     return {**few(heads_per_group), "forward kernels 2 stages": dict(stages=2),
             "gradients 2 stages": dict(grad_stages=2),
             "states in one pass, n tile 8": dict(one_pass_states=True, BN_state=8),
-            "state scan 3 stages": dict(scan_stages=3), "gradient kernels 128 registers": dict(grad_maxnreg=128)}
+            "state scan 2 stages": dict(scan_stages=2), "gradient kernels 128 registers": dict(grad_maxnreg=128)}
 
 
 def test_faster_launches_are_stacked_onto_the_fastest_while_they_gain(torch_scan, monkeypatch):
     # Stacked fastest first: 8 warps gains (kept), 2 forward stages does not (dropped), 2 gradient stages gains;
     # the overlapping n tile is skipped untimed, and after STACKED tries the last two are not tried.
     for name, ms in {"forward kernels 2 stages": 2.1, "gradients 2 stages": 2.2, "states in one pass, n tile 8": 1.2,
-                     "state scan 3 stages": 2.3, "gradient kernels 128 registers": 2.4,
+                     "state scan 2 stages": 2.3, "gradient kernels 128 registers": 2.4,
                      "states in one pass + gradient kernels 8 warps": 0.9,
                      "states in one pass + gradient kernels 8 warps + forward kernels 2 stages": 0.95,
                      "states in one pass + gradient kernels 8 warps + gradients 2 stages": 0.8}.items():
