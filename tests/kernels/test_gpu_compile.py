@@ -62,9 +62,9 @@ def test_the_states_in_one_pass_wait_only_for_the_states_at_a_chunks_start():
 
 
 # A loop (.L_x_1 to the branch back) as nvdisasm prints it: a load used in the same iteration (line 21, read by
-# the FFMA), one whose registers are copied at the loop's end (line 22, R8..R11 by the MOV), one issued ahead
-# (line 23: read only at the loop's top, before it is issued again), an async copy to shared memory (line 24) and a
-# load after the loop (line 30).
+# the FFMA), one whose registers are copied at the loop's end (line 22, into R12..R15: the MOV reads R14), one
+# issued ahead (line 23: read only at the loop's top, before it is issued again), an async copy to shared memory
+# (line 24) and a load after the loop (line 30).
 SASS = """
 .L_x_1:
 	//## File "/src/triton_chunked.py", line 20
