@@ -64,12 +64,19 @@ MAX_TILE = 64    # Q
 
 
 @triton.jit
-def _load_rows(ptr, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr, col0):
-    """Rows t0..t0+Q of a (b, l, heads, width) tensor at one head, columns col0..col0+BW: (Q, BW) fp32."""
+def _load_rows(ptr, i_b, i_head, t0, l, heads, width, Q: tl.constexpr, BW: tl.constexpr, col0,
+               TRANSPOSED: tl.constexpr = False):
+    """Rows t0..t0+Q of a (b, l, heads, width) tensor at one head, columns col0..col0+BW: (Q, BW) fp32, or (BW, Q)
+    if TRANSPOSED. Loaded transposed, a product's operand is copied to shared memory ahead of its iteration as any
+    other; tl.trans of a tile loaded (Q, BW) went through registers, waited for (make bench-compile)."""
     t = t0 + tl.arange(0, Q)
     cols = col0 + tl.arange(0, BW)
-    offs = ((i_b * l + t[:, None]) * heads + i_head) * width + cols[None, :]
-    return tl.load(ptr + offs, mask=(t[:, None] < l) & (cols[None, :] < width), other=0.0).to(tl.float32)
+    if TRANSPOSED:
+        t, cols = t[None, :], cols[:, None]
+    else:
+        t, cols = t[:, None], cols[None, :]
+    offs = ((i_b * l + t) * heads + i_head) * width + cols
+    return tl.load(ptr + offs, mask=(t < l) & (cols < width), other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -528,14 +535,18 @@ def _chunk_grad_cols(dy_ptr, x_ptr, B_ptr, CB_ptr, dt_ptr, cum_ptr, wout_ptr, dl
     i_b, i_h, i_g, tok, seq_row = _head(i_bh, h, g, Lp)
     t_k = c * T + k * Q + tl.arange(0, Q)
     cum_k, seq_k = tl.load(cum_ptr + tok + t_k), _seq_ids(seq_ptr, seq_row, t_k, HAS_SEQ)
-    acc = tl.zeros((Q, BP), tl.float32)  # the only tile the loop keeps: its operands are loaded after it
+    # acc transposed, the only tile the loop keeps (its operands are loaded after it). As (Q, BP) with the tile of
+    # C.B times decay, made in registers, as the product's first operand, each of the product's four wgmma
+    # instructions was waited for before the next (make bench-compile); as the second, they run back to back.
+    accT = tl.zeros((BP, Q), tl.float32)
     for m in range(k, T // Q):
         t_m = c * T + m * Q + tl.arange(0, Q)
-        dy_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0)
+        dyT_m = _load_rows(dy_ptr, i_b, i_h, c * T + m * Q, l, h, P, Q, BP, 0, TRANSPOSED=True)
         CB_decay = _cb_tile(CB_ptr, i_b * g + i_g, c, m, k, num_chunks, T, Q) * \
             _in_chunk_decay(tl.load(cum_ptr + tok + t_m), cum_k,
                             _in_chunk_keep(t_m, t_k, _seq_ids(seq_ptr, seq_row, t_m, HAS_SEQ), seq_k, HAS_SEQ))
-        acc += _dot(tl.trans(CB_decay), dy_m, PREC)
+        accT += _dot(dyT_m, CB_decay, PREC)
+    acc = tl.trans(accT)
     x_k = _load_rows(x_ptr, i_b, i_h, c * T + k * Q, l, h, P, Q, BP, 0)
     tl.store(ddt_ptr + tok + t_k, tl.sum(x_k * acc, 1))
     dx = acc * tl.load(dt_ptr + tok + t_k)[:, None]
