@@ -16,7 +16,8 @@ are waited for behind the other programs', each an independent chain of load, pr
 one program split its tile, but its chain stays one).
 The machine code (nvdisasm) names the loads a loop still waits for at every iteration (`waited_loads`): those
 whose registers an instruction of the same iteration reads, whether Triton's pipelining left them in the loop or
-ptxas copies them at the loop's end. Must run without TRITON_INTERPRET.
+ptxas copies them at the loop's end; and how often an iteration waits for all its products in flight
+(`product_waits`). Must run without TRITON_INTERPRET.
 """
 import argparse
 import contextlib
@@ -155,17 +156,17 @@ def peer_report(arch: int, dtype: str, picked_only=False) -> list[dict]:
 def compiled_row(label, phase, kernel, args, kwargs, arch) -> dict:
     """One recorded launch compiled for cuda:arch, as a row of the table (kwargs with its launch options)."""
     warps = kwargs.get("num_warps", 4)
-    shared, registers, stack, mma, waited = compile_call(kernel, args, dict(kwargs), arch)
+    shared, registers, stack, mma, waited, product_waited = compile_call(kernel, args, dict(kwargs), arch)
     resident, limit = resident_warps(arch, registers, warps, shared)
     return dict(launch=label, phase=phase, kernel=kernel.__name__, mma=mma, shared=shared, registers=registers,
                 stack=stack, fits=shared <= MAX_SHARED[arch], warps=warps, resident_warps=resident,
-                resident_limit=limit, waited_loads=waited)
+                resident_limit=limit, waited_loads=waited, product_waits=product_waited)
 
 
 def compile_call(kernel, args, kwargs, arch):
     """Compile one recorded launch for cuda:arch: (shared bytes, registers, stack bytes per thread, the matrix
     instruction its products became: "wgmma" (Hopper's), "mma.sync" (Ampere's) or "-" (FMA units), the source
-    lines of the loads its loops wait for)."""
+    lines of the loads its loops wait for, and its product_waits)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -177,7 +178,8 @@ def compile_call(kernel, args, kwargs, arch):
     registers, stack = _resource_usage(compiled.asm["cubin"])
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "-"
-    return compiled.metadata.shared, registers, stack, mma, waited_loads(_sass(compiled.asm["cubin"]))
+    sass = _sass(compiled.asm["cubin"])
+    return compiled.metadata.shared, registers, stack, mma, waited_loads(sass), product_waits(sass)
 
 
 def launcher_signature(kernel, args, kwargs) -> tuple[dict, dict, dict]:
@@ -209,16 +211,11 @@ def launcher_signature(kernel, args, kwargs) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def waited_loads(sass: str) -> list[int]:
-    """The source lines of the global loads a loop waits for in the same iteration, from the machine code
-    (`nvdisasm -g`: SASS with each instruction's source line; a load inlined from a helper is named by the helper's
-    line). A load (LDG, into registers) waited for is one whose registers a later instruction of the same pass
-    through the loop reads or overwrites: the warp stalls there until the load lands. A load issued ahead is used
-    only at the top of the next iteration, and async copies to shared memory (LDGSTS, Triton's pipelining of a
-    product's operands) are waited for by count (DEPBAR), not here.
-    Read from the machine code, not Triton's IR: a load the IR carries to the next iteration can still be waited
-    for, when ptxas copies the carried registers (MOV) at the loop's end while the load is in flight."""
-    instructions, labels, line = [], {}, 0  # instructions: (opcode, operands, source line)
+def loops(sass: str) -> list[list[tuple[str, str, int]]]:
+    """The loops of a kernel's machine code as `nvdisasm --print-code --print-line-info` prints it, each the
+    instructions from a label to the branch back to it: [(opcode, operands, source line)]. A load inlined from a
+    helper is on the helper's line."""
+    instructions, labels, line = [], {}, 0
     for text in sass.splitlines():
         text = text.strip()
         if located := re.match(r'//## File ".*", line (\d+)', text):
@@ -227,7 +224,22 @@ def waited_loads(sass: str) -> list[int]:
             labels[label[1]] = len(instructions)
         elif code := re.match(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(\S+)\s*(.*?)\s*;", text):
             instructions.append((code[1], code[2], line))
+    found = []
+    for end, (opcode, operands, _) in enumerate(instructions):
+        target = re.search(r"`\((\.L_x_\d+)\)", operands) if opcode.startswith("BRA") else None
+        if target is not None and labels.get(target[1], end + 1) <= end:
+            found.append(instructions[labels[target[1]]:end + 1])
+    return found
 
+
+def waited_loads(sass: str) -> list[int]:
+    """The source lines of the global loads a loop waits for in the same iteration. A load (LDG, into registers)
+    waited for is one whose registers a later instruction of the same pass through the loop reads or overwrites:
+    the warp stalls there until the load lands. A load issued ahead is used only at the top of the next iteration,
+    and async copies to shared memory (LDGSTS, Triton's pipelining of a product's operands) are waited for by count
+    (DEPBAR), not here.
+    Read from the machine code, not Triton's IR: a load the IR carries to the next iteration can still be waited
+    for, when ptxas copies the carried registers (MOV) at the loop's end while the load is in flight."""
     def registers(operands: str) -> set[int]:  # R4 is one register; R4.64, an address, is R4 and R5
         found = set()
         for number, pair in re.findall(r"\bR(\d+)(\.64)?\b", operands):
@@ -235,11 +247,7 @@ def waited_loads(sass: str) -> list[int]:
         return found
 
     waited = set()
-    for end, (opcode, operands, _) in enumerate(instructions):
-        target = re.search(r"`\((\.L_x_\d+)\)", operands) if opcode.startswith("BRA") else None
-        if target is None or labels.get(target[1], end + 1) > end:
-            continue  # not a branch back: not a loop
-        body = instructions[labels[target[1]]:end + 1]
+    for body in loops(sass):
         for i, (load, operands, source) in enumerate(body):
             if load.startswith("LDG") and not load.startswith(("LDGSTS", "LDGDEPBAR")):
                 first = int(re.match(r"R(\d+)", operands)[1])
@@ -247,6 +255,20 @@ def waited_loads(sass: str) -> list[int]:
                 if any(loaded & registers(later) for _, later, _ in body[i + 1:]):
                     waited.add(source)
     return sorted(waited)
+
+
+def product_waits(sass: str) -> list[tuple[int, int]]:
+    """For each loop with Hopper products: (its waits for every product in flight, its wgmma instructions), an
+    iteration. A tile product is a few wgmma instructions (K in steps of 16), issued asynchronously; waiting for all
+    after each leaves the tensor cores idle between them, and once after the last, while the loop's other work
+    runs. Only other programs on the SM hide that latency. (mma.sync products are synchronous: not counted.)"""
+    counts = []
+    for body in loops(sass):
+        wgmma = sum(opcode.startswith("HGMMA") for opcode, _, _ in body)
+        if wgmma:
+            counts.append((sum(opcode.startswith("WARPGROUP.DEPBAR") and operands.endswith("0x0")
+                               for opcode, operands, _ in body), wgmma))
+    return counts
 
 
 def resident_warps(arch: int, registers: int, warps: int, shared: int) -> tuple[int, str]:
@@ -360,11 +382,13 @@ def main(argv=None):
         return
     header = ["launch", "pass", "kernel", "warps", "products", "shared KB", f"fits sm_{args.arch}", "registers",
               "spill stack B/thread", f"resident warps per SM, of {SM_WARPS} (programs; limited by)",
-              f"loads a loop waits for ({'mamba_ssm' if args.peer else 'triton_chunked.py'} lines)"]
+              f"loads a loop waits for ({'mamba_ssm' if args.peer else 'triton_chunked.py'} lines)",
+              "waits for all products in flight, a loop iteration (of its wgmma instructions)"]
     cells = [[r["launch"], r["phase"], r["kernel"], r["warps"], r["mma"], f"{r['shared'] / 1024:.1f}",
               "yes" if r["fits"] else "NO", r["registers"], r["stack"],
               f"{r['resident_warps']} ({r['resident_warps'] // r['warps']}; {r['resident_limit']})",
-              ", ".join(map(str, r["waited_loads"])) or "-"] for r in rows]
+              ", ".join(map(str, r["waited_loads"])) or "-",
+              "; ".join(f"{waits} (of {wgmma})" for waits, wgmma in r["product_waits"]) or "-"] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(map(str, row)) + " |" for row in cells]
     table = "\n".join(lines)

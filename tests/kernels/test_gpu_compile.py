@@ -16,7 +16,8 @@ import torch
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from kernels.benchmarks.gpu_compile import KERNELS, launch_field, launcher_signature, resident_warps, waited_loads
+from kernels.benchmarks.gpu_compile import (KERNELS, launch_field, launcher_signature, product_waits, resident_warps,
+                                            waited_loads)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,10 @@ def test_default_launch_compiles_for_sm90_and_fits_its_shared_memory():
     # loop's end). fp32 inputs' products run on FMA units and spill up to 2 KB a thread anyway.
     assert {row["kernel"]: row["waited_loads"] for row in rows
             if row["waited_loads"] and "fp32" not in row["launch"]} == {}
+    # And no loop waits for its products more than once an iteration: _chunk_grad_cols waited after each of its
+    # product's four wgmma instructions until session 16.
+    assert {row["kernel"]: row["product_waits"] for row in rows if "fp32" not in row["launch"] and any(
+        waits > 1 for waits, _ in row["product_waits"])} == {}
 
 
 def source_line(text: str) -> int:
@@ -92,6 +97,25 @@ def test_waited_loads_reads_a_loop_of_machine_code_by_hand():
     assert waited_loads(SASS) == [21, 22]
     # A copy of registers no load writes: only line 21's load is waited for.
     assert waited_loads(SASS.replace("MOV R8, R14", "MOV R8, R9")) == [21]
+
+
+def test_product_waits_counts_an_iterations_waits_for_all_products():
+    # A loop of two wgmma instructions, waiting for all in flight after the first and for all but one after the
+    # second; a loop without products; a product after the loops.
+    sass = """
+.L_x_0:
+        /*0100*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ ;
+        /*0110*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0120*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0130*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
+        /*0140*/              @P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0150*/                   FFMA R2, R2, R3, R4 ;
+        /*0160*/              @P1 BRA `(.L_x_1) ;
+        /*0170*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ ;
+        /*0180*/                   EXIT ;
+"""
+    assert product_waits(sass) == [(1, 2)]
 
 
 def test_mamba_ssms_kernels_compile_and_pipeline_their_products_operands():
