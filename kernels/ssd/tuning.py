@@ -69,7 +69,8 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "gradient kernels 8 warps, 128 registers, n tile 64": dict(grad_warps=8, grad_maxnreg=128, BN_grad=64),
         # The same 16 resident warps as 4 programs of 4 warps instead of 2 of 8 (mamba_ssm's backward kernels hold 3
         # to 8 programs per SM at the configs it runs without autotuning, ours 2): tiles of 32 tokens, 118-128
-        # registers, only _chunk_grad_cols spilling (32 B a thread), on mma.sync instead of wgmma.
+        # registers, only _chunk_grad_cols spilling (48 B a thread), on mma.sync instead of wgmma but in
+        # _chunk_grad_cols (its product's M is p).
         "gradients Q 32, 128 registers, n tile 64": dict(grad_Q=32, grad_maxnreg=128, BN_grad=64),
         # The forward's bytes are mostly states: each chunk's own written and read by _state_scan, the entering
         # ones written by it and read by _chunk_output, fp32. mamba_ssm keeps the entering ones in the input's
@@ -85,7 +86,8 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         # In the H200 sweep of 2026-11-27 (results/ssd_launch_NVIDIA-H200_2026-11-27.md) Q 32 ran the forward 1.09x
         # faster than Q 64 (the step 0.99x), but variants that share the default's forward timed it at 1.33-1.50 ms.
         "forward Q 32": dict(Q=32),
-        # At Q 32: 124-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma.
+        # At Q 32: 107-220 registers and 8-16 resident warps, no spills, on mma.sync instead of wgmma but in
+        # _chunk_grad_cols.
         "gradients Q 32": dict(grad_Q=32),
         "gradients n tile 64": dict(BN_grad=64),
         "T 128": dict(T=128),
