@@ -62,7 +62,7 @@ def candidates(heads_per_group: int) -> dict[str, dict]:
         "gradient kernels 8 warps, 128 registers": dict(grad_warps=8, grad_maxnreg=128),
         # Or at 4 warps: two pipeline stages and dC, dB in n tiles of 64 take _chunk_grad_C's and _B's shared
         # memory from 104 to 40 KB; capped at 168 registers, all four then hold 12 resident warps, and only
-        # _chunk_grad_cols and _CB spill (32 and 248 B a thread). The n tiles add 4% to a step's requested bytes.
+        # _chunk_grad_cols and _CB spill (24 and 176-184 B a thread). The n tiles add 4% to a step's requested bytes.
         "gradient kernels 2 stages, 168 registers, n tile 64": dict(grad_stages=2, grad_maxnreg=168, BN_grad=64),
         # 8 warps and 128 registers with n tiles of 64: all four hold 16 resident warps and none spills (110-128
         # registers, 48-64.5 KB of shared memory), for the same 4% more requested bytes.
@@ -313,12 +313,13 @@ def main(argv=None):
     LONGWATCH_SSD_TUNE=1 reads: the first steps of a multi-node job then start tuned."""
     import argparse
 
+    from kernels.benchmarks.gpu_compile import DTYPES
     from kernels.benchmarks.registry import parse_shape
     from kernels.benchmarks.ssd import as_leaves, make_inputs
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("shapes", nargs="+", metavar="SHAPE", help="B<b>_L<l>_H<h>_P<p>_N<n>_C<chunk>[_G<g>]")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     parser.add_argument("--forward-only", action="store_true", help="tune the forward without graph (inference)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these candidates (and the default) only")
     parser.add_argument("--cache", type=Path, default=None,
@@ -342,7 +343,7 @@ def main(argv=None):
                                         if name == "default" or name in args.only}
     path = args.cache or cache_path()
     chosen = Tuner(path, pick)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     keys = []
     for shape in shapes:
         inputs = make_inputs(shape, dtype, device)
